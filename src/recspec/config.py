@@ -1,0 +1,95 @@
+"""Frozen configuration dataclasses. The CLI maps flags 1:1 onto these fields; files only serialise them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A LLaMA-architecture decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
+
+    vocab_size: int  # special tokens + every SID level's codebook
+    hidden_size: int = 256  # model width C
+    num_layers: int = 4  # decoder blocks
+    num_heads: int = 4  # query heads H
+    num_kv_heads: int = 2  # key/value heads (H must be a multiple); < H is grouped-query attention
+    intermediate_size: int = 688  # SwiGLU inner width
+    max_positions: int = 512  # longest prompt + generated tokens the model is meant for
+    rope_theta: float = 10000.0  # RoPE base
+    rms_eps: float = 1e-6  # RMSNorm epsilon
+    tie_embeddings: bool = False  # share input embedding and LM head
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+
+    def num_parameters(self) -> int:
+        c, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        kv = self.num_kv_heads * self.head_dim
+        per_layer = c * c * 2 + c * kv * 2 + 3 * c * f + 2 * c
+        head = 0 if self.tie_embeddings else v * c
+        return v * c + self.num_layers * per_layer + c + head
+
+
+# Named sizes: `recspec train --size small` etc.
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
+    "draft": dict(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128),
+    "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=688),
+    "base": dict(hidden_size=512, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=1376),
+    # ~0.5B LLaMA shape, for the GPU benchmark
+    "gpu-0.5b": dict(hidden_size=1536, num_layers=16, num_heads=12, num_kv_heads=4, intermediate_size=4096),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of a target or a plain (cross-entropy) draft model."""
+
+    epochs: int = 10  # passes over the training windows
+    batch_size: int = 64  # sequences per optimiser step
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # max gradient norm
+    window_items: int = 21  # items per training window (20 of history + the next)
+    window_stride: int = 10  # items between window starts; each item is a target once
+    eval_every: int = 0  # validation Recall@10 every N steps (0: once per epoch)
+    eval_users: int = 500  # validation users scored at each evaluation
+    seed: int = 0  # shuffling and initialisation
+    max_steps: int = 0  # stop after this many steps (0: no limit)
+    time_limit_s: float = 0.0  # stop after this many seconds of training (0: no limit)
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How recommendations are decoded."""
+
+    K: int = 10  # target beams = items returned per user
+    batch_size: int = 32  # users decoded together
+    draft_beams: int = 40  # N >= K beams the draft proposes (speculative modes)
+    gamma: int = 3  # draft depth: levels drafted per round
+    verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
+    seed: int = 0  # for relaxed verification's sampling
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, d: dict):
+    """Build a config from a dict, refusing unknown keys (a typo must not silently become a default)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
+    return cls(**d)

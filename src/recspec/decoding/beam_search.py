@@ -1,0 +1,80 @@
+"""Autoregressive constrained beam search, batched over users: the exactness reference.
+
+Scores are cumulative log-probabilities under the model's full softmax (invalid tokens are masked
+after normalisation, as Hugging Face's `prefix_allowed_tokens_fn` does). Every item takes L code
+steps and one `<eos>` step, whose log-prob is part of the final score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recspec.data.trie import SIDTrie
+from recspec.data.vocab import Prompts
+from recspec.decoding.prompt import ancestor_mask, prefill, prompt_key_mask
+from recspec.models.decoder import Decoder
+
+
+@dataclass(frozen=True)
+class BeamResult:
+    """K items per user, best first."""
+
+    sids: torch.Tensor  # (B, K) int64 row of trie.sids (-1: no valid item, only if K > catalogue)
+    scores: torch.Tensor  # (B, K) float32 cumulative log-prob, <eos> included
+    codes: torch.Tensor  # (B, K, L) int64 token ids of the SID codes
+
+
+def topk_extensions(scores: torch.Tensor, logp: torch.Tensor, allowed: torch.Tensor, width: int):
+    """Best `width` one-token extensions of M beams.
+
+    scores (B, M) cumulative log-probs; logp (B, M, V) next-token log-probs; allowed (B, M, V) bool.
+    Returns parent (B, W) beam index, token (B, W), score (B, W) sorted best first. Candidates are
+    ordered beam-major (beam m, token v) -> m * V + v, the order ties are broken in."""
+    B, M, V = logp.shape
+    cand = torch.where(allowed, scores[:, :, None] + logp, torch.full_like(logp, float("-inf")))
+    best, idx = cand.reshape(B, M * V).topk(width, dim=-1)
+    return idx // V, idx % V, best
+
+
+def _gather(x: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+    """x (B, M, ...) -> (B, W, ...) rows chosen by parent (B, W)."""
+    idx = parent.reshape(*parent.shape, *([1] * (x.dim() - 2))).expand(*parent.shape, *x.shape[2:])
+    return x.gather(1, idx)
+
+
+def check_width(trie: SIDTrie, K: int) -> None:
+    if not 1 <= K <= trie.num_sids:
+        raise ValueError(f"K={K} must be between 1 and the number of distinct items ({trie.num_sids})")
+
+
+@torch.no_grad()
+def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int) -> BeamResult:
+    """prompts (B users) -> their top-K items under the model's constrained beam search."""
+    check_width(trie, K)
+    B, T = prompts.tokens.shape
+    L, dev = trie.num_levels, prompts.tokens.device
+    S = T + L * K
+    cache, logp = prefill(model, prompts, S)
+    logp = logp[:, None]  # (B, 1, V)
+    keys = prompt_key_mask(prompts, S)
+    scores = torch.zeros(B, 1, device=dev)
+    state = torch.full((B, 1), trie.ROOT, dtype=torch.int64, device=dev)
+    codes = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)
+    path = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)  # (B, M, j) cache slots of each beam's tokens
+    for level in range(L + 1):
+        parent, token, scores = topk_extensions(scores, logp, trie.allowed(state), K)
+        state = trie.step(_gather(state, parent), token)
+        if level == L:
+            break
+        codes = torch.cat([_gather(codes, parent), token[..., None]], dim=-1)
+        slots = (T + level * K + torch.arange(K, device=dev)).expand(B, K)
+        path = torch.cat([_gather(path, parent), slots[..., None]], dim=-1)  # (B, K, level + 1)
+        positions = prompts.lengths[:, None] + level
+        logits = model(token, positions.expand(B, K), ancestor_mask(keys, path), cache, slots)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, K, V)
+    codes = _gather(codes, parent)
+    sids = trie.leaf_sid[trie.walk(codes)]
+    sids = torch.where(torch.isfinite(scores), sids, torch.full_like(sids, -1))
+    return BeamResult(sids=sids, scores=scores, codes=codes)

@@ -1,0 +1,139 @@
+"""Checkpoints as Hugging Face `LlamaForCausalLM` folders: config.json + model.safetensors.
+
+recspec adds recspec.json beside them: the SID vocabulary, the index fingerprint and the model's
+role, so a checkpoint that does not fit the data is refused with a clear error. Weights are read
+with safetensors only (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from recspec.config import ModelConfig
+from recspec.data.vocab import BOS, EOS, PAD, Vocab
+from recspec.errors import CheckpointError
+from recspec.models.decoder import Decoder
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    vocab: Vocab  # SID vocabulary the model was trained with
+    index_fingerprint: str  # SIDIndex.fingerprint() of the catalogue
+    role: str = "target"  # "target" or "draft"
+    extra: dict | None = None  # training info (dataset, steps, metrics)
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_positions,
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "pad_token_id": PAD,
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+        "torch_dtype": "float32",
+    }
+
+
+def model_config_from_hf(d: dict, where: str) -> ModelConfig:
+    if d.get("model_type") not in (None, "llama"):
+        raise CheckpointError(f"{where}: model_type {d.get('model_type')!r} is not llama")
+    if d.get("hidden_act", "silu") != "silu" or d.get("attention_bias") or d.get("mlp_bias"):
+        raise CheckpointError(f"{where}: only silu activations and bias-free LLaMA layers are supported")
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise CheckpointError(f"{where}: rope scaling {rope.get('rope_type')!r} is not supported")
+    try:
+        cfg = ModelConfig(
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], num_layers=d["num_hidden_layers"],
+            num_heads=d["num_attention_heads"], num_kv_heads=d.get("num_key_value_heads", d["num_attention_heads"]),
+            intermediate_size=d["intermediate_size"], max_positions=d.get("max_position_embeddings", 512),
+            rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))), rms_eps=d.get("rms_norm_eps", 1e-6),
+            tie_embeddings=bool(d.get("tie_word_embeddings", False)))
+    except KeyError as e:
+        raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
+    if d.get("head_dim", cfg.head_dim) != cfg.head_dim:
+        raise CheckpointError(f"{where}: head_dim {d['head_dim']} != hidden_size / num_heads")
+    return cfg
+
+
+def save_checkpoint(model: Decoder, meta: CheckpointMeta, folder: str | os.PathLike) -> None:
+    """Write the folder atomically: files go to a temp folder that then replaces the target."""
+    folder = os.fspath(folder)
+    tmp = folder.rstrip("/") + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hf_config(model.cfg), f, indent=2)
+    with open(os.path.join(tmp, "recspec.json"), "w") as f:
+        json.dump({"vocab": meta.vocab.to_dict(), "index_fingerprint": meta.index_fingerprint,
+                   "role": meta.role, "extra": meta.extra or {}}, f, indent=2)
+    if os.path.isdir(folder):
+        old = folder.rstrip("/") + ".old"
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+
+
+def load_checkpoint(folder: str | os.PathLike, device="cpu", dtype=torch.float32) -> tuple[Decoder, CheckpointMeta | None]:
+    """Load ours or any bias-free LLaMA checkpoint (then meta is None)."""
+    folder = os.fspath(folder)
+    cfg_path, w_path = os.path.join(folder, "config.json"), os.path.join(folder, "model.safetensors")
+    for p in (cfg_path, w_path):
+        if not os.path.isfile(p):
+            raise CheckpointError(f"{folder}: not a checkpoint folder ({os.path.basename(p)} missing)")
+    try:
+        with open(cfg_path) as f:
+            cfg = model_config_from_hf(json.load(f), cfg_path)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: line {e.lineno}: not valid json") from None
+    model = Decoder(cfg)
+    state = load_file(w_path)
+    if cfg.tie_embeddings:
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{w_path}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    meta = None
+    meta_path = os.path.join(folder, "recspec.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            m = json.load(f)
+        meta = CheckpointMeta(Vocab.from_dict(m["vocab"]), m["index_fingerprint"], m.get("role", "target"), m.get("extra"))
+    return model.to(device=device, dtype=dtype).eval(), meta
+
+
+def check_fits(meta: CheckpointMeta | None, vocab: Vocab, fingerprint: str, where: str) -> None:
+    """Refuse a checkpoint whose vocabulary or SID index differs from the data's."""
+    if meta is None:
+        raise CheckpointError(f"{where}: no recspec.json; cannot check it was trained on this catalogue")
+    if meta.vocab != vocab:
+        raise CheckpointError(f"{where}: vocabulary {meta.vocab.level_sizes} does not match the data's {vocab.level_sizes}")
+    if meta.index_fingerprint != fingerprint:
+        raise CheckpointError(f"{where}: trained on a different SID index (fingerprint {meta.index_fingerprint} != {fingerprint})")

@@ -13,6 +13,7 @@ import torch
 
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
+from recspec.decoding.verify import gumbel_topk
 from recspec.decoding.prompt import ancestor_mask, prefill, prompt_key_mask
 from recspec.models.decoder import Decoder
 
@@ -49,9 +50,23 @@ def check_width(trie: SIDTrie, K: int) -> None:
         raise ValueError(f"K={K} must be between 1 and the number of distinct items ({trie.num_sids})")
 
 
+def sample_extensions(scores, logp, allowed, width, generator):
+    """Like `topk_extensions`, but `width` draws without replacement from the softmax of the
+    candidates' cumulative log-probs (the step of sampling beam search)."""
+    B, M, V = logp.shape
+    cand = torch.where(allowed, scores[:, :, None] + logp, torch.full_like(logp, float("-inf"))).reshape(B, M * V)
+    idx = gumbel_topk(cand - cand.logsumexp(dim=1, keepdim=True), width, generator)
+    return idx // V, idx % V, cand.gather(1, idx)
+
+
 @torch.no_grad()
-def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int) -> BeamResult:
-    """prompts (B users) -> their top-K items under the model's constrained beam search."""
+def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample: bool = False,
+                generator: torch.Generator | None = None) -> BeamResult:
+    """prompts (B users) -> their top-K items under the model's constrained beam search.
+
+    sample=True: sampling beam search instead: each step keeps K extensions drawn without
+    replacement from the softmax of their cumulative log-probs (the law relaxed speculative
+    decoding follows); the final list is sorted by cumulative log-prob."""
     check_width(trie, K)
     B, T = prompts.tokens.shape
     L, dev = trie.num_levels, prompts.tokens.device
@@ -64,7 +79,10 @@ def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int) -> Beam
     codes = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)
     path = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)  # (B, M, j) cache slots of each beam's tokens
     for level in range(L + 1):
-        parent, token, scores = topk_extensions(scores, logp, trie.allowed(state), K)
+        if sample:
+            parent, token, scores = sample_extensions(scores, logp, trie.allowed(state), K, generator)
+        else:
+            parent, token, scores = topk_extensions(scores, logp, trie.allowed(state), K)
         state = trie.step(_gather(state, parent), token)
         if level == L:
             break
@@ -75,6 +93,9 @@ def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int) -> Beam
         logits = model(token, positions.expand(B, K), ancestor_mask(keys, path), cache, slots)
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, K, V)
     codes = _gather(codes, parent)
+    if sample:  # best first, as in the top-K search
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        scores, codes = scores.gather(1, order), _gather(codes, order)
     sids = trie.leaf_sid[trie.walk(codes)]
     sids = torch.where(torch.isfinite(scores), sids, torch.full_like(sids, -1))
     return BeamResult(sids=sids, scores=scores, codes=codes)

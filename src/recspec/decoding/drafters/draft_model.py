@@ -1,0 +1,88 @@
+"""A small draft model of the target's architecture and vocabulary, drafting by beam search.
+
+Its cache has the target's layout, so committing accepted nodes is the same slot copy in both.
+Node scores start from the target's cumulative log-probs of the current beams and add the
+draft's own log-probs, so the draft ranks extensions the way the target would if it agreed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recspec.data.trie import SIDTrie
+from recspec.data.vocab import Prompts
+from recspec.decoding.drafters.base import Frontier, Verdict, register
+from recspec.decoding.prompt import prefill, prompt_key_mask
+from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, path_mask
+from recspec.decoding.verify import candidate_scores, gumbel_topk, topk_candidates
+from recspec.errors import CheckpointError
+from recspec.models.decoder import Decoder
+
+
+@register("draft-model")
+class DraftModelDrafter:
+    def __init__(self, model: Decoder, trie: SIDTrie, N: int):
+        if model.cfg.vocab_size != trie.vocab_size:
+            raise CheckpointError(f"draft vocabulary ({model.cfg.vocab_size} tokens) differs from the SID trie's ({trie.vocab_size})")
+        self.model, self.trie, self.N = model, trie, N
+
+    def start(self, prompts: Prompts, layout: Layout) -> None:
+        self.layout, self.lengths = layout, prompts.lengths
+        self.cache, self.root_logp = prefill(self.model, prompts, layout.slots)
+        self.keys = prompt_key_mask(prompts, layout.slots)  # (B, S)
+
+    def observe(self, verdict: Verdict) -> None:
+        self.cache.copy_slots(verdict.copy_src, verdict.copy_dst)
+
+    def _frontier_logp(self, f: Frontier) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs (B, M, V) after each current beam, and the beams' attention masks (B, M, S)."""
+        mask = path_mask(self.keys, f.path, self.layout.sink)
+        if f.pending is None:
+            return self.root_logp[:, None], mask
+        pos = self.lengths[:, None] + f.level[:, None] - 1
+        logits = self.model(f.pending, pos.expand_as(f.pending), mask, self.cache, f.pending_slots)
+        return torch.log_softmax(logits.float(), dim=-1), mask
+
+    @torch.no_grad()
+    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None) -> DraftTree:
+        logp, mask = self._frontier_logp(frontier)
+        scores, states = frontier.scores, frontier.states
+        B, V, N = scores.shape[0], logp.shape[-1], self.N
+        P = max(N, scores.shape[1])
+        levels: list[tuple] = []
+        for j in range(depth):
+            cand = candidate_scores(scores, logp, self.trie.allowed(states))  # (B, M, V)
+            parent, token, score, draws, logq = self._select(cand, sample, generator)
+            levels.append((token, parent, torch.isfinite(score), draws, _pad_rows(logq, P)))
+            states = self.trie.step(gather_rows(states, parent), token)
+            scores = score
+            if j + 1 < depth:
+                slots = self.layout.tree_slots(j, B, scores.device)
+                mask = extend_mask(mask, parent, slots)
+                pos = (self.lengths + frontier.level + j)[:, None].expand(B, N)
+                logits = self.model(token, pos, mask, self.cache, slots)
+                logp = torch.log_softmax(logits.float(), dim=-1)
+        tok, par, val, drw, lq = (torch.stack(x, dim=1) if x[0] is not None else None for x in zip(*levels))
+        return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq)
+
+    def _select(self, cand: torch.Tensor, sample: bool, generator):
+        """cand (B, M, V) -> N nodes: parent, token, score (B, N); draws (B, N) and logq (B, M, V) when sampling."""
+        if not sample:
+            parent, token, score = topk_candidates(cand, self.N)
+            return parent, token, score, None, None
+        B, M, V = cand.shape
+        flat = cand.reshape(B, M * V)
+        logq = flat - flat.logsumexp(dim=1, keepdim=True)  # the draft's sequence distribution q
+        logq = torch.where(torch.isfinite(flat.logsumexp(dim=1, keepdim=True)), logq, flat)  # finished rows: all -inf
+        picks = gumbel_topk(logq, self.N, generator)  # (B, N) distinct, in the order drawn
+        score = flat.gather(1, picks)
+        draws = torch.arange(self.N, device=cand.device).expand(B, -1)  # node i is draw i
+        return picks // V, picks % V, score, draws, logq.reshape(B, M, V)
+
+
+def _pad_rows(x: torch.Tensor | None, P: int) -> torch.Tensor | None:
+    """(B, M, V) -> (B, P, V), padded with -inf rows."""
+    if x is None or x.shape[1] == P:
+        return x
+    pad = x.new_full((x.shape[0], P - x.shape[1], x.shape[2]), float("-inf"))
+    return torch.cat([x, pad], dim=1)

@@ -1,0 +1,220 @@
+"""Speculative beam search (AtSpeed): draft -> score in one target pass -> verify -> commit.
+
+Each round a drafter proposes a tree of d levels x N nodes from the target's current K beams; the
+target scores [pending beam tokens | all tree nodes] in ONE forward with tree attention (on the
+first round that same pass is the prefill); verification walks down the levels; the accepted
+levels and the target's own next level are committed, and the accepted nodes' KV is compacted
+into the committed slots. Users advance independently: each has its own level and tree.
+
+Strict verification returns exactly the target's beam search (`beam_search`); relaxed returns
+the target's sampling beam search (`sampling_beam_search`) in distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recspec.data.trie import SIDTrie
+from recspec.data.vocab import Prompts
+from recspec.decoding import verify as V_
+from recspec.decoding.beam_search import BeamResult, check_width
+from recspec.decoding.drafters.base import Drafter, Frontier, Verdict
+from recspec.decoding.prompt import prefill_mask, prompt_key_mask, prompt_positions
+from recspec.decoding.stats import PhaseClock, SpecStats
+from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, path_mask
+from recspec.models.decoder import Decoder
+
+
+@dataclass
+class Beams:
+    """The target's K beams per user, and where each user stands."""
+
+    scores: torch.Tensor  # (B, M) cumulative log-probs
+    states: torch.Tensor  # (B, M) trie states
+    codes: torch.Tensor  # (B, M, L) token ids of the levels produced so far (0-padded)
+    path: torch.Tensor  # (B, M, L) committed slots of those tokens (sink-padded)
+    level: torch.Tensor  # (B,) levels produced (0..L+1; L+1 = finished)
+
+
+@torch.no_grad()
+def spec_beam_search(target: Decoder, drafter: Drafter, trie: SIDTrie, prompts: Prompts, K: int, N: int,
+                     gamma: int, verify: str = "strict", generator: torch.Generator | None = None,
+                     clock: PhaseClock | None = None) -> tuple[BeamResult, SpecStats]:
+    """prompts (B users) -> top-K items per user, and acceptance statistics."""
+    check_width(trie, K)
+    if N < K or gamma < 0 or verify not in ("strict", "relaxed"):
+        raise ValueError(f"need draft beams N >= K, gamma >= 0, verify strict|relaxed (got N={N}, K={K}, {verify})")
+    if target.cfg.vocab_size != trie.vocab_size:
+        raise ValueError(f"target vocabulary ({target.cfg.vocab_size}) differs from the SID trie's ({trie.vocab_size})")
+    clock, stats = clock or PhaseClock(), SpecStats()
+    B, T = prompts.tokens.shape
+    L, dev = trie.num_levels, prompts.tokens.device
+    lay = Layout(T=T, L=L, K=K, N=N, gamma=gamma)
+    cache = target.new_cache(B, lay.slots)
+    keys = prompt_key_mask(prompts, lay.slots)
+    drafter.start(prompts, lay)
+    beams = Beams(torch.zeros(B, 1, device=dev), torch.full((B, 1), trie.ROOT, device=dev),
+                  torch.zeros(B, 1, L, dtype=torch.long, device=dev), torch.full((B, 1, L), lay.sink, device=dev),
+                  torch.zeros(B, dtype=torch.long, device=dev))
+    pending = False
+    while True:
+        active = beams.level <= L
+        remaining = int((L - beams.level).clamp(min=0).max())  # host sync: sizes this round's tree
+        if not bool(active.any()):  # host sync: loop exit
+            break
+        d = min(gamma, remaining)
+        frontier = _frontier(beams, lay, pending)
+        clock.phase("draft")
+        tree = drafter.propose(frontier, d, verify == "relaxed", generator) if d else None
+        clock.phase("verify")
+        logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree)
+        beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, K, verify, generator)
+        clock.phase("other")
+        cache.copy_slots(verdict.copy_src, verdict.copy_dst)
+        drafter.observe(verdict)
+        stats.record_round(verdict.accepted, active)
+        pending = True
+    clock.phase(None)
+    stats.times = dict(clock.totals)
+    sids = trie.leaf_sid[trie.walk(beams.codes)]
+    order = beams.scores.argsort(dim=1, descending=True, stable=True)
+    return BeamResult(sids=sids.gather(1, order), scores=beams.scores.gather(1, order),
+                      codes=gather_rows(beams.codes, order)), stats
+
+
+def _frontier(beams: Beams, lay: Layout, pending: bool) -> Frontier:
+    if not pending:
+        return Frontier(None, None, beams.path, beams.scores, beams.states, beams.level)
+    lvl = beams.level.clamp(1, lay.L)
+    tokens = beams.codes.gather(2, (lvl - 1)[:, None, None].expand(-1, beams.codes.shape[1], 1))[..., 0]
+    return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level)
+
+
+def _score(target: Decoder, cache, prompts: Prompts, keys, lay: Layout, f: Frontier, tree: DraftTree | None):
+    """ONE target forward over [prompt (first round) or pending beams | tree nodes].
+
+    Returns log-probs after the current beams (B, M, V) and after each tree node (B, d, N, V)."""
+    B = keys.shape[0]
+    beam_mask = path_mask(keys, f.path, lay.sink)  # (B, M, S)
+    if f.pending is None:  # first round: the prompt itself, causal
+        toks, pos, slots = prompts.tokens, prompt_positions(prompts), torch.arange(lay.T, device=keys.device).expand(B, -1)
+        mask = prefill_mask(prompts, lay.slots)
+    else:
+        toks, pos, slots, mask = f.pending, (prompts.lengths + f.level - 1)[:, None].expand_as(f.pending), f.pending_slots, beam_mask
+    head = toks.shape[1]
+    parts_t, parts_p, parts_s, parts_m = [toks], [pos], [slots], [mask]
+    if tree is not None:
+        m = beam_mask
+        for j in range(tree.depth):
+            js = lay.tree_slots(j, B, keys.device)
+            m = extend_mask(m, tree.parents[:, j], js)
+            parts_t.append(tree.tokens[:, j])
+            parts_p.append((prompts.lengths + f.level + j)[:, None].expand_as(js))
+            parts_s.append(js)
+            parts_m.append(m)
+    logits = target(torch.cat(parts_t, 1), torch.cat(parts_p, 1), torch.cat(parts_m, 1), cache, torch.cat(parts_s, 1))
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp_beams = logp[:, head - 1:head] if f.pending is None else logp[:, :head]
+    logp_tree = logp[:, head:].reshape(B, tree.depth, lay.N, -1) if tree is not None else None
+    return logp_beams, logp_tree
+
+
+def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_tree, tree: DraftTree | None,
+            K: int, mode: str, gen) -> tuple[Beams, Verdict]:
+    """Level by level: accept while the target's new beams are drafted nodes; commit one more level."""
+    B, dev, V = logp.shape[0], logp.device, logp.shape[-1]
+    alive = beams.level <= lay.L  # users still verifying this round
+    d_user = (lay.L - beams.level).clamp(min=0).clamp(max=tree.depth if tree is not None else 0)
+    beam_node = torch.arange(beams.scores.shape[1], device=dev).expand(B, -1)
+    src, dst = [], []
+    accepted = torch.zeros(B, dtype=torch.long, device=dev)
+    j = 0
+    while True:
+        cand = V_.candidate_scores(beams.scores, logp, trie.allowed(beams.states))  # (B, M, V)
+        cand = torch.where(alive[:, None, None], cand, torch.zeros_like(cand))  # finished rows: harmless
+        in_tree = alive & (j < d_user)
+        parent, token, node, ok = _choose(cand, K, mode, gen, tree, j, beam_node, in_tree)
+        ok = ok & in_tree
+        beams = _advance(trie, beams, parent, token, V_.gather_scores(cand, parent * V + token), alive, lay)
+        slots_now = lay.committed_slots(beams.level.clamp(1, lay.L))  # (B, K) where this level is committed
+        keep = (ok & (beams.level <= lay.L))[:, None]
+        src.append(torch.where(keep, lay.tree_base + j * lay.N + node.clamp(min=0), lay.sink))
+        dst.append(torch.where(keep, slots_now, lay.sink))
+        accepted += ok.long()
+        alive = ok
+        if tree is None or j >= tree.depth or not bool(alive.any()):  # host sync: stop when nobody continues
+            break
+        logp = gather_rows(logp_tree[:, j], node.clamp(min=0))  # (B, K, V) target log-probs after the new beams
+        beam_node, j = node, j + 1
+    return beams, Verdict(torch.cat(src, 1), torch.cat(dst, 1), accepted)
+
+
+def _choose(cand, K, mode, gen, tree: DraftTree | None, j, beam_node, in_tree):
+    """The target's K new beams at this level: parent, token (B, K), their tree node (B, K) or -1, ok (B,)."""
+    B, M, V = cand.shape
+    has_level = tree is not None and j < tree.depth
+    table = V_.node_lookup(tree.parents[:, j], tree.tokens[:, j], tree.valid[:, j], max(M, tree.tokens.shape[2]), V) if has_level else None
+    if mode == "strict":
+        parent, token, _ = V_.topk_candidates(cand, K)
+        if not has_level:
+            return parent, token, torch.full_like(parent, -1), torch.zeros(B, dtype=torch.bool, device=cand.device)
+        ok, node = V_.verify_strict(parent, token, beam_node, table, V)
+        return parent, token, node, ok
+    logp = cand.reshape(B, M * V)
+    logp = logp - logp.logsumexp(dim=1, keepdim=True)
+    flat = V_.gumbel_topk(logp, K, gen)  # the target's own sampling step (no tree, or bonus level)
+    ok = torch.zeros(B, dtype=torch.bool, device=cand.device)
+    if has_level:
+        q_on_p, draws, draw_logq = _relaxed_inputs(tree, j, beam_node, M, V)
+        chosen, ok = V_.verify_relaxed(logp, q_on_p, draws, draw_logq, K, gen)
+        flat = torch.where(in_tree[:, None], chosen, flat)
+    parent, token = V_.beams_from_flat(flat, V)
+    node = _node_of(table, beam_node, parent, token, V) if has_level else torch.full_like(parent, -1)
+    return parent, token, node, ok
+
+
+def _relaxed_inputs(tree: DraftTree, j, beam_node, M, V):
+    """Map the draft's level-j distribution and draws onto the target's p-space (B, M * V)."""
+    B, P = beam_node.shape[0], tree.logq.shape[2]
+    logq = tree.logq[:, j]  # (B, P, V) over extensions of the draft's parents at this level
+    known = beam_node >= 0
+    q_on_p = torch.where(known[..., None], gather_rows(logq, beam_node.clamp(min=0)), float("-inf")).reshape(B, M * V)
+    beam_of = torch.full((B, P + 1), -1, dtype=torch.long, device=beam_node.device)
+    beam_of.scatter_(1, torch.where(known, beam_node, P), torch.arange(M, device=beam_node.device).expand(B, M).clone())
+    node = tree.draws[:, j]  # (B, N) node index of each draw
+    par, tok = tree.parents[:, j].gather(1, node), tree.tokens[:, j].gather(1, node)
+    k = beam_of.gather(1, par)
+    draws = torch.where(k >= 0, k * V + tok, -1)
+    draw_logq = logq.reshape(B, P * V).gather(1, par * V + tok)
+    return q_on_p, draws, draw_logq
+
+
+def _node_of(table, beam_node, parent, token, V):
+    pnode = beam_node.gather(1, parent)
+    node = table.gather(1, (pnode * V + token).clamp(min=0))
+    return torch.where(pnode >= 0, node, -1)
+
+
+def _advance(trie: SIDTrie, b: Beams, parent, token, score, alive, lay: Layout) -> Beams:
+    """Users still alive take their K new beams at level `level + 1`; the others keep theirs."""
+    B, K = parent.shape
+    lvl = b.level + 1  # (B,)
+    codes, path = gather_rows(b.codes, parent), gather_rows(b.path, parent)
+    col = (lvl - 1).clamp(max=lay.L - 1)[:, None, None].expand(B, K, 1)
+    writes = (lvl <= lay.L)[:, None, None]
+    codes = torch.where(writes, codes.scatter(2, col, token[..., None]), codes)
+    path = torch.where(writes, path.scatter(2, col, lay.committed_slots(lvl.clamp(max=lay.L))[..., None]), path)
+    states = trie.step(b.states.gather(1, parent), token)
+    new = Beams(score, states, codes, path, lvl)
+    return _where_alive(alive, new, b, K)
+
+
+def _where_alive(alive, new: Beams, old: Beams, K: int) -> Beams:
+    if old.scores.shape[1] != K:  # first level: old rows are the single root beam
+        old = Beams(old.scores.expand(-1, K), old.states.expand(-1, K), old.codes.expand(-1, K, -1),
+                    old.path.expand(-1, K, -1), old.level)
+    w = lambda a, b: torch.where(alive.reshape(-1, *([1] * (a.dim() - 1))), a, b)  # noqa: E731
+    return Beams(w(new.scores, old.scores), w(new.states, old.states), w(new.codes, old.codes),
+                 w(new.path, old.path), w(new.level, old.level))

@@ -1,0 +1,144 @@
+"""Verification rules: pure tensor functions (no model, no cache).
+
+Terms. At SID level i the target holds M beams with cumulative log-probs. Its candidates are all
+trie-valid one-token extensions of those beams ("p-space", flattened as beam * V + token). A draft
+tree level holds N drafted extensions of the draft's own beams. A level is *accepted* when the
+target's K new beams are all drafted nodes, so the tree below them holds their children and
+verification can go on; at the first level that is not accepted the target's own K beams are
+the produced step (strict) or are completed by residual sampling (relaxed), and the round ends.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recspec.decoding.tree import gather_rows
+
+NEG_INF = float("-inf")
+
+
+def candidate_scores(scores: torch.Tensor, logp: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """scores (B, M), logp (B, M, V), allowed (B, M, V) -> (B, M, V) cumulative log-probs (-inf invalid)."""
+    return torch.where(allowed, scores[:, :, None] + logp, torch.full_like(logp, NEG_INF))
+
+
+def topk_candidates(cand: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cand (B, M, V) -> parent (B, K), token (B, K), score (B, K), best first, ties beam-major."""
+    B, M, V = cand.shape
+    best, idx = cand.reshape(B, M * V).topk(K, dim=-1)
+    return idx // V, idx % V, best
+
+
+def node_lookup(parents: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, M: int, V: int) -> torch.Tensor:
+    """A tree level's nodes as a table: (B, N) parents/tokens/valid -> (B, M * V) node index or -1."""
+    B, N = parents.shape
+    table = torch.full((B, M * V + 1), -1, dtype=torch.int64, device=parents.device)
+    flat = torch.where(valid, parents * V + tokens, torch.full_like(tokens, M * V))  # invalid -> dump column
+    table.scatter_(1, flat, torch.arange(N, device=parents.device).expand(B, N).clone())
+    return table[:, : M * V]
+
+
+def verify_strict(parent: torch.Tensor, token: torch.Tensor, beam_node: torch.Tensor, table: torch.Tensor,
+                  V: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strict top-K rule for one level.
+
+    parent, token (B, K): the target's top-K extensions T_i (parent = index of its current beam);
+    beam_node (B, M): the tree node (at the level above) that each current beam is, or -1 (level 0:
+    the current beams are the tree's roots, pass arange(M)); table (B, P * V): node_lookup of the
+    drafted level D_i, P = parents of that level.
+    Returns accepted (B,) bool — T_i is a subset of D_i — and node (B, K): each T_i member's node or -1.
+    """
+    pnode = beam_node.gather(1, parent)  # (B, K) node of each parent beam in the tree
+    flat = (pnode * V + token).clamp(min=0)
+    node = torch.where(pnode >= 0, table.gather(1, flat), torch.full_like(pnode, -1))
+    return (node >= 0).all(dim=1), node
+
+
+def gumbel_topk(logits: torch.Tensor, K: int, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, X) -> (B, K) indices: K draws without replacement, each next draw from the
+    distribution renormalised over what is left (the Gumbel-top-K trick)."""
+    u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(u))).topk(K, dim=-1).indices
+
+
+def verify_relaxed(logp: torch.Tensor, q_on_p: torch.Tensor, draws: torch.Tensor, draw_logq: torch.Tensor,
+                   K: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relaxed (sampling) rule for one level: recursive rejection sampling over ordered drafts.
+
+    logp (B, X): the target's normalised log p over p-space; q_on_p (B, X): the draft's log q of the
+    same sequences (-inf where the draft could not propose them); draws (B, N): the draft's N draws
+    *without replacement* from q, in the order drawn, as p-space indices (-1: outside p-space, p = 0);
+    draw_logq (B, N): their log q (-inf: no draw, skipped).
+
+    Outputs are filled slot by slot. Slot s targets p^(s) = p without the outputs of slots < s,
+    renormalised; r starts at p^(s). Draw i has the law q_i = q without draws < i, renormalised.
+    It is accepted with probability min(1, r(y) / q_i(y)): then it is output s and slot s + 1
+    begins with the next draw; on rejection r <- normalise(max(0, r - q_i)). When the draws run out
+    the open slot samples from r and the rest from p (Gumbel-top-K, without replacement).
+    Guarantee: each draw, given everything before it, follows q_i and is independent of the coins
+    so far, so each slot is distributed exactly as p^(s): the K outputs are K draws without
+    replacement from p, the law of the target's own sampling beam search step (gumbel_topk on logp).
+    Returns chosen (B, K) distinct p-space indices and accepted (B,) bool: all K came from drafts.
+    """
+    B, X = logp.shape
+    dev = logp.device
+    p, q = logp.exp(), q_on_p.exp()  # (B, X)
+    taken = torch.zeros(B, X, dtype=torch.bool, device=dev)  # outputs so far
+    drawn = torch.zeros(B, X, dtype=torch.bool, device=dev)  # drafts so far (inside p-space)
+    q_left = torch.ones(B, 1, device=dev)  # q-mass not yet drawn (inside or outside p-space)
+    chosen = torch.full((B, K), -1, dtype=torch.int64, device=dev)
+    slot = torch.zeros(B, dtype=torch.int64, device=dev)
+    r = p.clone()
+    for i in range(draws.shape[1]):
+        live = (slot < K) & torch.isfinite(draw_logq[:, i])
+        y, inside = draws[:, i].clamp(min=0), draws[:, i] >= 0
+        qy = draw_logq[:, i].exp() / q_left[:, 0]
+        ry = torch.where(inside, r.gather(1, y[:, None])[:, 0], torch.zeros_like(qy))
+        accept = live & (torch.rand(B, device=dev, generator=generator) * qy < ry)
+        chosen.scatter_(1, slot.clamp(max=K - 1)[:, None], torch.where(accept, y, chosen.gather(1, slot.clamp(max=K - 1)[:, None])[:, 0])[:, None])
+        taken |= accept[:, None] & (torch.arange(X, device=dev)[None] == y[:, None])
+        q_i = torch.where(drawn, torch.zeros_like(q), q) / q_left
+        rejected = _normalise((r - q_i).clamp(min=0), fallback=r)
+        fresh = _normalise(torch.where(taken, torch.zeros_like(p), p), fallback=r)
+        r = torch.where(accept[:, None], fresh, torch.where(live[:, None], rejected, r))
+        slot = slot + accept.long()
+        drawn |= (live & inside)[:, None] & (torch.arange(X, device=dev)[None] == y[:, None])
+        q_left = torch.where(live[:, None], (q_left - draw_logq[:, i:i + 1].exp()).clamp(min=1e-30), q_left)
+    return _finish(chosen, slot, r, logp, taken, K, generator)
+
+
+def _finish(chosen, slot, r, logp, taken, K, generator):
+    """Slots the drafts did not fill: the open one from its residual r, the rest from p without replacement."""
+    p, ok = logp.exp(), slot >= K
+    open_pick = torch.multinomial(_normalise(torch.where(taken, torch.zeros_like(r), r), fallback=p), 1, generator=generator)[:, 0]
+    s = slot.clamp(max=K - 1)
+    chosen = chosen.scatter(1, s[:, None], torch.where(ok, chosen.gather(1, s[:, None])[:, 0], open_pick)[:, None])
+    taken = taken | (~ok[:, None] & (torch.arange(p.shape[1], device=p.device)[None] == open_pick[:, None]))
+    logits = torch.where(taken, torch.full_like(logp, NEG_INF), logp)
+    rest = gumbel_topk(logits, K, generator)  # (B, K): fills slots after the open one, in order
+    col = torch.arange(K, device=p.device)[None]
+    fill = rest.gather(1, (col - s[:, None] - 1).clamp(min=0))
+    chosen = torch.where(~ok[:, None] & (col > s[:, None]), fill, chosen)
+    return chosen, ok
+
+
+def _normalise(x: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of x (B, X) scaled to sum 1; rows summing to ~0 become `fallback` (or stay)."""
+    total = x.sum(dim=1, keepdim=True)
+    ok = total > 1e-12
+    out = x / torch.where(ok, total, torch.ones_like(total))
+    return out if fallback is None else torch.where(ok, out, fallback)
+
+
+def beams_from_flat(flat: torch.Tensor, V: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """p-space indices (B, K) -> parent beam (B, K), token (B, K)."""
+    return flat // V, flat % V
+
+
+def gather_scores(cand: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """cand (B, M, V), flat (B, K) -> (B, K) cumulative scores of the chosen extensions."""
+    return cand.reshape(cand.shape[0], -1).gather(1, flat)
+
+
+__all__ = ["candidate_scores", "topk_candidates", "node_lookup", "verify_strict", "gumbel_topk",
+           "verify_relaxed", "beams_from_flat", "gather_scores", "gather_rows"]

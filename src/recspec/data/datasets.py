@@ -18,7 +18,6 @@ import glob
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -68,6 +67,10 @@ class RecBoleItems:
         return out
 
 
+Splits = tuple[list[list[int]], list[Example], list[Example]]  # (train sequences, valid, test)
+TimedSeq = tuple[str, list[tuple[float, int]]]  # (user, [(time, item), ...] sorted by time)
+
+
 @dataclass(frozen=True)
 class _UserPeriods:
     """One user's items per period, in time order (0-based ids)."""
@@ -86,7 +89,7 @@ def _example(user: str, history: list[int], targets: list[int]) -> Example | Non
     return Example(user=user, history=tuple(history), targets=tuple(dict.fromkeys(targets)))
 
 
-def _period_split(users: list[_UserPeriods]) -> tuple[list[list[int]], list[Example], list[Example]]:
+def _period_split(users: list[_UserPeriods]) -> Splits:
     """Period split: valid = (train items -> valid items), test = (train + valid items -> test items).
 
     Users with no train item contribute no train sequence; examples need a non-empty history and
@@ -97,7 +100,7 @@ def _period_split(users: list[_UserPeriods]) -> tuple[list[list[int]], list[Exam
     return train, [e for e in valid if e], [e for e in test if e]
 
 
-def _leave_one_out(seqs: list[tuple[str, list[int]]]) -> tuple[list[list[int]], list[Example], list[Example]]:
+def _leave_one_out(seqs: list[tuple[str, list[int]]]) -> Splits:
     """Leave-one-out: test = (items[:-1] -> items[-1]), valid = (items[:-2] -> items[-2]), train = items[:-2].
 
     A user with fewer than 3 items has no room for a valid example with a history, so the whole
@@ -111,7 +114,7 @@ def _leave_one_out(seqs: list[tuple[str, list[int]]]) -> tuple[list[list[int]], 
     return _period_split(users)
 
 
-def _temporal_split(seqs: list[tuple[str, list[tuple[float, int]]]]) -> tuple[list[list[int]], list[Example], list[Example]]:
+def _temporal_split(seqs: list[TimedSeq]) -> Splits:
     """One global cut: times < q80 are train, q80 <= t < q90 valid, t >= q90 test (q = time quantile).
 
     `seqs`: per user, (time, item) pairs sorted by time."""
@@ -157,6 +160,13 @@ def _load_json(path: str) -> dict:
 
 
 # --- sequential (AtSpeed) ---------------------------------------------------------------------------
+def _int_token(path: str, ln: int, token: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise DataError(f"{path}:{ln}: item id {token!r} is not an integer") from None
+
+
 def _read_sequential(path: str, num_items: int) -> list[tuple[int, str, list[int]]]:
     """Rows (line number, user, 0-based items) of one sequential_*.txt file; blank lines skipped."""
     rows = []
@@ -169,11 +179,7 @@ def _read_sequential(path: str, num_items: int) -> list[tuple[int, str, list[int
             tokens = line.split()
             if not tokens:
                 continue
-            try:
-                items = [int(t) for t in tokens[1:]]
-            except ValueError:
-                bad = next(t for t in tokens[1:] if not t.lstrip("-").isdigit())
-                raise DataError(f"{path}:{ln}: item id {bad!r} is not an integer") from None
+            items = [_int_token(path, ln, t) for t in tokens[1:]]
             for item in items:
                 if not 1 <= item <= num_items:
                     raise DataError(f"{path}:{ln}: item id {item} is not in the index (1..{num_items})")
@@ -196,7 +202,9 @@ def _check_same_users(paths: list[str], tables: list[list[tuple[int, str, list[i
             raise DataError(f"{ref_path}:{ln}: user {user!r} has no line in {path}")
 
 
-def load_sequential(folder: str | os.PathLike, index_path: str | os.PathLike | None = None) -> tuple[SplitData, SIDIndex]:
+def load_sequential(
+    folder: str | os.PathLike, index_path: str | os.PathLike | None = None
+) -> tuple[SplitData, SIDIndex]:
     """Load an AtSpeed-style period split (valid/test targets are every item of that period).
 
     `index_path` defaults to the single `*.index.json` in `folder`."""
@@ -303,7 +311,7 @@ def _read_recbole_inter(path: str, min_rating: float | None) -> list[tuple[str, 
 
 def _token_key(token: str) -> tuple[int, int, str]:
     """Sort key: numeric tokens numerically, before the others (sorted as strings)."""
-    return (0, int(token), "") if token.isdigit() else (1, 0, token)
+    return (0, int(token), "") if token.isdecimal() else (1, 0, token)
 
 
 def _recbole_item_map(rows: list[tuple[str, str, float]]) -> dict[str, int]:
@@ -311,7 +319,7 @@ def _recbole_item_map(rows: list[tuple[str, str, float]]) -> dict[str, int]:
     return {t: i for i, t in enumerate(sorted({r[1] for r in rows}, key=_token_key))}
 
 
-def _recbole_user_seqs(rows: list[tuple[str, str, float]], item_map: dict[str, int]) -> list[tuple[str, list[tuple[float, int]]]]:
+def _recbole_user_seqs(rows: list[tuple[str, str, float]], item_map: dict[str, int]) -> list[TimedSeq]:
     """Per user (sorted raw-id order): (time, item) sorted by time, ties kept in file order."""
     by_user: dict[str, list[tuple[float, int]]] = {}
     for user, item, t in rows:

@@ -248,16 +248,16 @@ def _spmm(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, x: np.ndarray) -
 
 def _top_eigvecs(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, rank: int, seed: int) -> np.ndarray:
     """Randomized eigen-factorisation of a symmetric sparse (n, n) matrix M (Halko et al. 2011):
-    range finder with 4 power iterations, then the top-|eigenvalue| vectors scaled by sqrt(|lambda|).
-    -> (n, rank)"""
+    range finder with 4 power iterations, then the top eigenvectors scaled by sqrt(max(lambda, 0)),
+    i.e. the best positive semi-definite rank-`rank` fit, so dot products approximate M. -> (n, rank)"""
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(_spmm(rows, cols, vals, rng.standard_normal((n, min(n, rank + 10)))))
     for _ in range(4):
         q, _ = np.linalg.qr(_spmm(rows, cols, vals, q))  # (n, rank + 10)
     small = q.T @ _spmm(rows, cols, vals, q)  # (rank + 10, rank + 10), symmetric
     lam, vec = np.linalg.eigh((small + small.T) / 2)
-    top = np.argsort(-np.abs(lam), kind="stable")[:rank]
-    return (q @ vec[:, top]) * np.sqrt(np.abs(lam[top]))
+    top = np.argsort(-lam, kind="stable")[:rank]
+    return (q @ vec[:, top]) * np.sqrt(np.maximum(lam[top], 0.0))
 
 
 def item_vectors_from_interactions(

@@ -1,0 +1,121 @@
+"""SID index io, residual k-means SID building, and item vectors from co-occurrence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recspec.data.sids import SIDIndex, build_sids, item_vectors_from_interactions, kmeans
+from recspec.errors import DataError
+
+
+def _index() -> SIDIndex:
+    codes = np.array([[0, 2, 1], [1, 0, 0], [0, 2, 0]], dtype=np.int64)  # (I=3, L=3)
+    return SIDIndex(codes=codes, level_sizes=(2, 3, 2), prefixes=("a", "b", "c"))
+
+
+def test_save_load_round_trip(tmp_path):
+    index = _index()
+    path = tmp_path / "sub" / "toy.index.json"
+    index.save(path)
+    loaded = SIDIndex.load(path)
+    np.testing.assert_array_equal(loaded.codes, index.codes)
+    assert loaded.level_sizes == index.level_sizes
+    assert loaded.prefixes == index.prefixes
+    assert loaded.fingerprint() == index.fingerprint()
+    assert loaded.tokens(0) == ["<a_0>", "<b_2>", "<c_1>"]
+
+
+def test_load_rejects_bad_token(tmp_path):
+    path = tmp_path / "bad.index.json"
+    path.write_text('{"0": ["<a_1>", "b_2"]}')
+    with pytest.raises(DataError, match="item 0"):
+        SIDIndex.load(path)
+
+
+def test_kmeans_finds_separated_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = np.concatenate([c + 0.1 * rng.standard_normal((20, 2)) for c in centres])  # (60, 2)
+    _, labels = kmeans(x, 3, seed=1)
+    groups = labels.reshape(3, 20)
+    assert all(len(set(g)) == 1 for g in groups)
+    assert len({g[0] for g in groups}) == 3
+
+
+def test_build_sids_without_collisions_keeps_levels():
+    x = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])  # (4, 2), 4 clear clusters
+    index = build_sids(x, levels=2, codebook_size=4, seed=0)
+    assert index.num_levels == 2
+    assert index.collisions() == 0
+    assert index.prefixes == ("a", "b")
+
+
+def test_build_sids_appends_rank_level_for_duplicates():
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # items 0, 1, 3 identical
+    index = build_sids(x, levels=2, codebook_size=2, seed=0)
+    assert index.num_levels == 3
+    assert index.codes[[0, 1, 3], 2].tolist() == [0, 1, 2]  # rank in item-id order
+    assert index.codes[2, 2] == 0
+    assert index.level_sizes[2] == 3
+    assert index.collisions() == 0
+
+
+def test_build_sids_is_deterministic_and_round_trips(tmp_path):
+    x = np.random.default_rng(3).standard_normal((200, 8))
+    a, b = build_sids(x, levels=3, codebook_size=8, seed=5), build_sids(x, levels=3, codebook_size=8, seed=5)
+    np.testing.assert_array_equal(a.codes, b.codes)
+    assert a.level_sizes[:3] == (8, 8, 8)
+    a.save(tmp_path / "x.index.json")
+    assert SIDIndex.load(tmp_path / "x.index.json").fingerprint() == a.fingerprint()
+
+
+@st.composite
+def _vectors_with_duplicates(draw) -> np.ndarray:
+    """(I, D) vectors drawn from a small pool, so exact duplicates are common."""
+    dim = draw(st.integers(1, 4))
+    pool = draw(st.integers(1, 12))
+    base = draw(st.lists(st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=dim, max_size=dim),
+                         min_size=pool, max_size=pool))
+    picks = draw(st.lists(st.integers(0, pool - 1), min_size=1, max_size=40))
+    return np.asarray(base, dtype=np.float64)[picks]
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=_vectors_with_duplicates(), levels=st.integers(1, 3), codebook=st.integers(1, 6), seed=st.integers(0, 9))
+def test_build_sids_gives_every_item_a_unique_sid(x, levels, codebook, seed):
+    index = build_sids(x, levels=levels, codebook_size=codebook, seed=seed, iters=5)
+    assert index.num_items == len(x)
+    assert len(np.unique(index.codes, axis=0)) == len(x)
+    assert index.num_levels in (levels, levels + 1)
+    assert (index.codes < np.array(index.level_sizes)).all()
+
+
+def test_build_sids_rejects_bad_input():
+    with pytest.raises(DataError):
+        build_sids(np.zeros((0, 3)))
+    with pytest.raises(DataError):
+        build_sids(np.zeros(5))
+
+
+def test_item_vectors_follow_cooccurrence():
+    # items 0-2 always appear together, items 3-5 together; item 6 never appears (cold)
+    train = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [3, 4, 5], [5, 3, 4], [4, 5, 3]] * 3
+    vecs = item_vectors_from_interactions(train, num_items=7, dim=4, seed=0)  # (7, 4)
+    assert vecs.shape == (7, 4) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    same, other = vecs[0] @ vecs[1], vecs[0] @ vecs[4]
+    assert same > other + 0.5
+    again = item_vectors_from_interactions(train, num_items=7, dim=4, seed=0)
+    np.testing.assert_array_equal(vecs, again)
+
+
+def test_item_vectors_with_side_features():
+    side = np.eye(5, 3, dtype=np.float32)  # (5, 3) one-hot, last two rows empty
+    vecs = item_vectors_from_interactions([[0, 1, 2, 3, 4]], num_items=5, dim=2, side_features=side)
+    assert vecs.shape == (5, 5)
+    np.testing.assert_allclose(vecs[0, 2:], [0.5, 0.0, 0.0])
+    with pytest.raises(DataError, match="side features"):
+        item_vectors_from_interactions([[0, 1]], num_items=5, dim=2, side_features=np.ones((4, 2)))

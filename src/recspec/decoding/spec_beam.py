@@ -21,8 +21,8 @@ from recspec.data.vocab import Prompts
 from recspec.decoding import verify as V_
 from recspec.decoding.beam_search import BeamResult, check_width
 from recspec.decoding.drafters.base import Drafter, Frontier, Verdict
-from recspec.decoding.prompt import prefill_mask, prompt_key_mask, prompt_positions
-from recspec.decoding.stats import PhaseClock, SpecStats
+from recspec.decoding.prompt import prefill_mask, prompt_positions
+from recspec.decoding.stats import PhaseClock
 from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, path_mask
 from recspec.models.decoder import Decoder
 
@@ -37,51 +37,58 @@ class Beams:
     path: torch.Tensor  # (B, M, L) committed slots of those tokens (sink-padded)
     level: torch.Tensor  # (B,) levels produced (0..L+1; L+1 = finished)
 
+    def copy_(self, other: "Beams") -> None:
+        """In place, so the tensors stay the same objects (static buffers for CUDA graphs)."""
+        for name in ("scores", "states", "codes", "path", "level"):
+            getattr(self, name).copy_(getattr(other, name))
+
 
 @torch.no_grad()
-def spec_beam_search(target: Decoder, drafter: Drafter, trie: SIDTrie, prompts: Prompts, K: int, N: int,
+def spec_beam_search(target: Decoder, drafter: Drafter | None, trie: SIDTrie, prompts: Prompts, K: int, N: int,
                      gamma: int, verify: str = "strict", generator: torch.Generator | None = None,
                      clock: PhaseClock | None = None) -> tuple[BeamResult, SpecStats]:
-    """prompts (B users) -> top-K items per user, and acceptance statistics."""
+    """prompts (B users) -> top-K items per user, and acceptance statistics (eager, any device).
+
+    gamma = 0 (or no drafter) is plain autoregressive beam search through the same loop."""
+    from recspec.decoding.engine import SpecEngine
+
+    engine = SpecEngine(target, drafter, trie, K=K, N=N, gamma=gamma, verify=verify, generator=generator)
+    return engine.run(prompts, clock=clock)
+
+
+def check_models(target: Decoder, trie: SIDTrie, K: int, N: int, gamma: int, verify: str) -> None:
     check_width(trie, K)
     if N < K or gamma < 0 or verify not in ("strict", "relaxed"):
         raise ValueError(f"need draft beams N >= K, gamma >= 0, verify strict|relaxed (got N={N}, K={K}, {verify})")
     if target.cfg.vocab_size != trie.vocab_size:
         raise ValueError(f"target vocabulary ({target.cfg.vocab_size}) differs from the SID trie's ({trie.vocab_size})")
-    clock, stats = clock or PhaseClock(), SpecStats()
-    B, T = prompts.tokens.shape
-    L, dev = trie.num_levels, prompts.tokens.device
-    lay = Layout(T=T, L=L, K=K, N=N, gamma=gamma)
-    cache = target.new_cache(B, lay.slots)
-    keys = prompt_key_mask(prompts, lay.slots)
-    drafter.start(prompts, lay)
-    beams = Beams(torch.zeros(B, 1, device=dev), torch.full((B, 1), trie.ROOT, device=dev),
-                  torch.zeros(B, 1, L, dtype=torch.long, device=dev), torch.full((B, 1, L), lay.sink, device=dev),
-                  torch.zeros(B, dtype=torch.long, device=dev))
-    pending = False
-    while True:
-        active = beams.level <= L
-        remaining = int((L - beams.level).clamp(min=0).max())  # host sync: sizes this round's tree
-        if not bool(active.any()):  # host sync: loop exit
-            break
-        d = min(gamma, remaining)
-        frontier = _frontier(beams, lay, pending)
-        clock.phase("draft")
-        tree = drafter.propose(frontier, d, verify == "relaxed", generator) if d else None
-        clock.phase("verify")
-        logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree)
-        beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, K, verify, generator)
-        clock.phase("other")
-        cache.copy_slots(verdict.copy_src, verdict.copy_dst)
+
+
+def initial_beams(B: int, K: int, L: int, lay: Layout, root: int, device) -> Beams:
+    """K beams per user before any level: beam 0 is the empty sequence, the others are dead (-inf)."""
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    return Beams(scores, torch.full((B, K), root, dtype=torch.long, device=device),
+                 torch.zeros(B, K, L, dtype=torch.long, device=device),
+                 torch.full((B, K, L), lay.sink, dtype=torch.long, device=device),
+                 torch.zeros(B, dtype=torch.long, device=device))
+
+
+def spec_round(target: Decoder, drafter: Drafter | None, trie: SIDTrie, lay: Layout, cache, prompts: Prompts,
+               keys: torch.Tensor, beams: Beams, first: bool, d: int, verify: str, generator,
+               clock: PhaseClock, early_exit: bool) -> tuple[Beams, Verdict]:
+    """One round: propose -> score (one target pass) -> verify -> commit. Shapes depend on (first, d) only."""
+    frontier = _frontier(beams, lay, not first)
+    clock.phase("draft")
+    tree = drafter.propose(frontier, d, verify == "relaxed", generator) if d else None
+    clock.phase("verify")
+    logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree)
+    beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, early_exit)
+    clock.phase("other")
+    cache.copy_slots(verdict.copy_src, verdict.copy_dst)
+    if drafter is not None:
         drafter.observe(verdict)
-        stats.record_round(verdict.accepted, active)
-        pending = True
-    clock.phase(None)
-    stats.times = dict(clock.totals)
-    sids = trie.leaf_sid[trie.walk(beams.codes)]
-    order = beams.scores.argsort(dim=1, descending=True, stable=True)
-    return BeamResult(sids=sids.gather(1, order), scores=beams.scores.gather(1, order),
-                      codes=gather_rows(beams.codes, order)), stats
+    return beams, verdict
 
 
 def _frontier(beams: Beams, lay: Layout, pending: bool) -> Frontier:
@@ -116,13 +123,13 @@ def _score(target: Decoder, cache, prompts: Prompts, keys, lay: Layout, f: Front
             parts_m.append(m)
     logits = target(torch.cat(parts_t, 1), torch.cat(parts_p, 1), torch.cat(parts_m, 1), cache, torch.cat(parts_s, 1))
     logp = torch.log_softmax(logits.float(), dim=-1)
-    logp_beams = logp[:, head - 1:head] if f.pending is None else logp[:, :head]
+    logp_beams = logp[:, head - 1:head].expand(-1, f.scores.shape[1], -1) if f.pending is None else logp[:, :head]
     logp_tree = logp[:, head:].reshape(B, tree.depth, lay.N, -1) if tree is not None else None
     return logp_beams, logp_tree
 
 
 def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_tree, tree: DraftTree | None,
-            K: int, mode: str, gen) -> tuple[Beams, Verdict]:
+            K: int, mode: str, gen, early_exit: bool = True) -> tuple[Beams, Verdict]:
     """Level by level: accept while the target's new beams are drafted nodes; commit one more level."""
     B, dev, V = logp.shape[0], logp.device, logp.shape[-1]
     alive = beams.level <= lay.L  # users still verifying this round
@@ -144,7 +151,7 @@ def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_t
         dst.append(torch.where(keep, slots_now, lay.sink))
         accepted += ok.long()
         alive = ok
-        if tree is None or j >= tree.depth or not bool(alive.any()):  # host sync: stop when nobody continues
+        if tree is None or j >= tree.depth or (early_exit and not bool(alive.any())):  # host sync (eager only)
             break
         logp = gather_rows(logp_tree[:, j], node.clamp(min=0))  # (B, K, V) target log-probs after the new beams
         beam_node, j = node, j + 1
@@ -208,13 +215,10 @@ def _advance(trie: SIDTrie, b: Beams, parent, token, score, alive, lay: Layout) 
     path = torch.where(writes, path.scatter(2, col, lay.committed_slots(lvl.clamp(max=lay.L))[..., None]), path)
     states = trie.step(b.states.gather(1, parent), token)
     new = Beams(score, states, codes, path, lvl)
-    return _where_alive(alive, new, b, K)
+    return _where_alive(alive, new, b)
 
 
-def _where_alive(alive, new: Beams, old: Beams, K: int) -> Beams:
-    if old.scores.shape[1] != K:  # first level: old rows are the single root beam
-        old = Beams(old.scores.expand(-1, K), old.states.expand(-1, K), old.codes.expand(-1, K, -1),
-                    old.path.expand(-1, K, -1), old.level)
+def _where_alive(alive, new: Beams, old: Beams) -> Beams:
     w = lambda a, b: torch.where(alive.reshape(-1, *([1] * (a.dim() - 1))), a, b)  # noqa: E731
     return Beams(w(new.scores, old.scores), w(new.states, old.states), w(new.codes, old.codes),
                  w(new.path, old.path), w(new.level, old.level))

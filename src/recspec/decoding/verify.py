@@ -110,7 +110,8 @@ def verify_relaxed(logp: torch.Tensor, q_on_p: torch.Tensor, draws: torch.Tensor
 def _finish(chosen, slot, r, logp, taken, K, generator):
     """Slots the drafts did not fill: the open one from its residual r, the rest from p without replacement."""
     p, ok = logp.exp(), slot >= K
-    open_pick = torch.multinomial(_normalise(torch.where(taken, torch.zeros_like(r), r), fallback=p), 1, generator=generator)[:, 0]
+    left = _normalise(torch.where(taken, torch.zeros_like(r), r), fallback=p)
+    open_pick = gumbel_topk(left.log(), 1, generator)[:, 0]  # one draw from the residual (graph-safe)
     s = slot.clamp(max=K - 1)
     chosen = chosen.scatter(1, s[:, None], torch.where(ok, chosen.gather(1, s[:, None])[:, 0], open_pick)[:, None])
     taken = taken | (~ok[:, None] & (torch.arange(p.shape[1], device=p.device)[None] == open_pick[:, None]))

@@ -27,9 +27,20 @@ class DraftModelDrafter:
         self.model, self.trie, self.N = model, trie, N
 
     def start(self, prompts: Prompts, layout: Layout) -> None:
+        """Prefill the draft's cache. Buffers are reused while the shape holds (static for CUDA graphs)."""
+        B = prompts.tokens.shape[0]
+        if getattr(self, "layout", None) != layout or self.cache.k.shape[1] != B:
+            self.cache = self.model.new_cache(B, layout.slots)
+            self.root_logp = torch.zeros(B, self.model.cfg.vocab_size, device=prompts.tokens.device)
+            self.keys = torch.zeros(B, layout.slots, dtype=torch.bool, device=prompts.tokens.device)
         self.layout, self.lengths = layout, prompts.lengths
-        self.cache, self.root_logp = prefill(self.model, prompts, layout.slots)
-        self.keys = prompt_key_mask(prompts, layout.slots)  # (B, S)
+        _, logp = prefill(self.model, prompts, layout.slots, cache=self.cache)
+        self.root_logp.copy_(logp)
+        self.keys.copy_(prompt_key_mask(prompts, layout.slots))  # (B, S)
+
+    def state_tensors(self) -> tuple[torch.Tensor, ...]:
+        """Tensors a round mutates (restored around CUDA-graph warm-up)."""
+        return (self.cache.k, self.cache.v)
 
     def observe(self, verdict: Verdict) -> None:
         self.cache.copy_slots(verdict.copy_src, verdict.copy_dst)
@@ -56,12 +67,14 @@ class DraftModelDrafter:
             levels.append((token, parent, torch.isfinite(score), draws, _pad_rows(logq, P)))
             states = self.trie.step(gather_rows(states, parent), token)
             scores = score
+            slots = self.layout.tree_slots(j, B, scores.device)
+            mask = extend_mask(mask, parent, slots)
+            pos = (self.lengths + frontier.level + j)[:, None].expand(B, N)
             if j + 1 < depth:
-                slots = self.layout.tree_slots(j, B, scores.device)
-                mask = extend_mask(mask, parent, slots)
-                pos = (self.lengths + frontier.level + j)[:, None].expand(B, N)
                 logits = self.model(token, pos, mask, self.cache, slots)
                 logp = torch.log_softmax(logits.float(), dim=-1)
+            else:  # KV only: if this last level is accepted, `observe` copies it and the next round reads it
+                self.model.hidden(token, pos, mask, self.cache, slots)
         tok, par, val, drw, lq = (torch.stack(x, dim=1) if x[0] is not None else None for x in zip(*levels))
         return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq)
 

@@ -1,0 +1,129 @@
+"""The decoding engine: static buffers around `spec_round`, run eagerly or as CUDA graphs.
+
+Every tensor the loop touches lives in a buffer allocated once for a (batch, prompt length) shape,
+so each round shape (first round or not, draft depth d) can be captured once as a CUDA graph and
+replayed. The only host synchronisation is one read of the users' levels per round, which decides
+whether to stop and how deep the next tree is (marked below). gamma = 0 gives autoregressive
+beam search through the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recspec.data.trie import SIDTrie
+from recspec.data.vocab import PAD, Prompts
+from recspec.decoding.beam_search import BeamResult
+from recspec.decoding.drafters.base import Drafter
+from recspec.decoding.prompt import prompt_key_mask
+from recspec.decoding.spec_beam import check_models, initial_beams, spec_round
+from recspec.decoding.stats import PhaseClock, SpecStats
+from recspec.decoding.tree import Layout, gather_rows
+from recspec.models.decoder import Decoder
+
+
+class SpecEngine:
+    def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
+                 verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False):
+        gamma = gamma if drafter is not None else 0
+        check_models(target, trie, K, N, gamma, verify)
+        self.target, self.drafter, self.trie = target, drafter, trie
+        self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
+        self.graphs_on = cuda_graphs
+        self._shape: tuple[int, int] | None = None
+        self._graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
+
+    # --- buffers ------------------------------------------------------------------------------
+    def _allocate(self, B: int, T: int, device) -> None:
+        L = self.trie.num_levels
+        self.lay = Layout(T=T, L=L, K=self.K, N=self.N, gamma=self.gamma)
+        self.prompts = Prompts(torch.full((B, T), PAD, dtype=torch.long, device=device),
+                               torch.ones(B, dtype=torch.long, device=device))
+        self.keys = torch.zeros(B, self.lay.slots, dtype=torch.bool, device=device)
+        self.cache = self.target.new_cache(B, self.lay.slots)
+        self.beams = initial_beams(B, self.K, L, self.lay, self.trie.ROOT, device)
+        self.accepted = torch.zeros(B, dtype=torch.long, device=device)
+        self._shape, self._graphs = (B, T), {}
+
+    def _load(self, prompts: Prompts) -> None:
+        B, T = prompts.tokens.shape
+        if self._shape != (B, T):
+            self._allocate(B, T, prompts.tokens.device)
+        self.prompts.tokens.copy_(prompts.tokens)
+        self.prompts.lengths.copy_(prompts.lengths)
+        self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
+        self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, prompts.tokens.device))
+        if self.drafter is not None:
+            self.drafter.start(self.prompts, self.lay)
+
+    # --- one round ----------------------------------------------------------------------------
+    def _round(self, first: bool, d: int, clock: PhaseClock) -> None:
+        active = self.beams.level <= self.lay.L
+        beams, verdict = spec_round(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
+                                    self.keys, self.beams, first, d, self.verify, self.gen, clock,
+                                    early_exit=not self.graphs_on)
+        self.beams.copy_(beams)
+        self.accepted.copy_(torch.where(active, verdict.accepted, torch.full_like(verdict.accepted, -1)))
+
+    def _replay(self, first: bool, d: int) -> None:
+        key = (first, d)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(first, d)
+        self._graphs[key].replay()
+
+    def _capture(self, first: bool, d: int) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream (cuBLAS workspaces etc.), then capture the round."""
+        saved = _snapshot(self)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._round(first, d, PhaseClock())
+        torch.cuda.current_stream().wait_stream(side)
+        _restore(self, saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=getattr(self, "_pool", None)):
+            self._round(first, d, PhaseClock())
+        self._pool = graph.pool()
+        _restore(self, saved)  # capture does not run the kernels, but keep state explicit
+        return graph
+
+    # --- the loop -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, prompts: Prompts, clock: PhaseClock | None = None) -> tuple[BeamResult, SpecStats]:
+        clock, stats = clock or PhaseClock(), SpecStats()
+        self._load(prompts)
+        L, first = self.lay.L, True
+        while True:
+            level = self.beams.level.min(), self.beams.level.max()
+            lo, hi = int(level[0]), int(level[1])  # host sync: one per round, decides stop and tree depth
+            if lo > L:
+                break
+            d = min(self.gamma, max(L - lo, 0)) if self.drafter is not None else 0
+            if self.graphs_on:
+                self._replay(first, d)
+            else:
+                self._round(first, d, clock)
+            stats.accepted.append(self.accepted.clone())
+            first = False
+        clock.phase(None)
+        stats.times = dict(clock.totals)
+        return self._result(), stats
+
+    def _result(self) -> BeamResult:
+        b = self.beams
+        sids = self.trie.leaf_sid[self.trie.walk(b.codes)]
+        order = b.scores.argsort(dim=1, descending=True, stable=True)
+        sids = torch.where(torch.isfinite(b.scores), sids, torch.full_like(sids, -1))
+        return BeamResult(sids=sids.gather(1, order), scores=b.scores.gather(1, order), codes=gather_rows(b.codes, order))
+
+
+def _snapshot(e: SpecEngine) -> list[torch.Tensor]:
+    return [t.clone() for t in (e.beams.scores, e.beams.states, e.beams.codes, e.beams.path, e.beams.level,
+                                e.cache.k, e.cache.v) + tuple(getattr(e.drafter, "state_tensors", lambda: ())())]
+
+
+def _restore(e: SpecEngine, saved: list[torch.Tensor]) -> None:
+    live = (e.beams.scores, e.beams.states, e.beams.codes, e.beams.path, e.beams.level, e.cache.k, e.cache.v) + \
+        tuple(getattr(e.drafter, "state_tensors", lambda: ())())
+    for dst, src in zip(live, saved):
+        dst.copy_(src)

@@ -43,6 +43,7 @@ class ModelConfig:
 MODEL_PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
     "draft": dict(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128),
+    "demo": dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=344),
     "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=688),
     "base": dict(hidden_size=512, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=1376),
     # ~0.5B LLaMA shape, for the GPU benchmark

@@ -1,0 +1,181 @@
+"""The `recspec` command line: builds configs from flags and calls the library (no logic of its own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from recspec.config import DecodeConfig, TrainConfig
+from recspec.errors import RecSpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast generative recommendation with speculative decoding.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect data and build semantic IDs.")
+app.add_typer(data_app, name="data")
+
+DATA = typer.Argument(..., help="data folder (sequential txt, LC-Rec json or RecBole atomic) or 'ml-100k'")
+INDEX_DIR = typer.Option(None, "--index-dir", help="where built SIDs are kept (catalogues without an index)")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@data_app.command("inspect")
+def data_inspect(data: str = DATA, index_dir: Optional[str] = INDEX_DIR):
+    """Counts of users, items, interactions and SID levels."""
+    from recspec.data.catalog import open_catalog
+
+    cat = open_catalog(data, index_dir=index_dir)
+    d = cat.data
+    out = {"name": d.name, "items": d.num_items, "train_sequences": len(d.train),
+           "train_interactions": sum(map(len, d.train)), "valid_examples": len(d.valid),
+           "test_examples": len(d.test), "sid_levels": cat.index.num_levels, "level_sizes": list(cat.index.level_sizes),
+           "distinct_sids": cat.trie.num_sids, "sid_collisions": cat.index.collisions(), "vocab_size": cat.vocab.size}
+    print(json.dumps(out, indent=2))
+
+
+@data_app.command("build-sids")
+def data_build_sids(data: str = DATA, out: str = typer.Option(..., help="index json to write"),
+                    levels: int = 3, codebook_size: int = 16, dim: int = 32, seed: int = 0):
+    """Build residual k-means SIDs (unique per item) for a RecBole catalogue and save the index."""
+    from recspec.data.catalog import SIDBuild, build_index, detect_format
+    from recspec.data.datasets import find_ml100k, load_recbole
+
+    folder = find_ml100k() if data == "ml-100k" else data
+    if detect_format(folder) != "recbole":
+        raise RecSpecError(f"{data}: already has SIDs; build-sids is for RecBole catalogues")
+    split, _ = load_recbole(folder, split="loo")
+    index = build_index(folder, split, SIDBuild(levels, codebook_size, dim, seed))
+    index.save(out)
+    print(json.dumps({"out": out, "items": index.num_items, "levels": index.num_levels, "collisions": index.collisions()}))
+
+
+@app.command()
+def train(data: str = DATA, out: str = typer.Option(..., help="run folder (checkpoints, resume)"),
+          size: str = typer.Option("small", help="model preset: tiny, draft, demo, small, base, gpu-0.5b"),
+          role: str = typer.Option("target", help="target or draft"), index_dir: Optional[str] = INDEX_DIR,
+          epochs: int = 10, batch_size: int = 64, lr: float = 2e-3, warmup_steps: int = 100,
+          eval_users: int = 500, max_steps: int = 0, time_limit_s: float = 0.0, threads: int = 0, seed: int = 0,
+          device: str = "cpu"):
+    """Train a target (or a plain cross-entropy draft) with the language-model loss on every next item."""
+    import torch
+
+    from recspec.data.catalog import open_catalog
+    from recspec.demo import model_config
+    from recspec.models.decoder import Decoder
+    from recspec.training.train import train as run_train
+
+    cat = open_catalog(data, index_dir=index_dir or out)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, eval_users=eval_users,
+                      max_steps=max_steps, time_limit_s=time_limit_s, threads=threads, seed=seed)
+    torch.manual_seed(seed)
+    model = Decoder(model_config(cat, size)).to(device)
+    log = lambda r: _console().log(r) if r.get("kind") == "valid" else None  # noqa: E731
+    res = run_train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, role=role, on_log=log)
+    print(json.dumps({"checkpoint": res.checkpoint, "steps": res.steps, "best_valid_recall@10": res.best_recall10,
+                      "stop_reason": res.stop_reason, "seconds": round(res.seconds, 1)}))
+
+
+def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed) -> DecodeConfig:
+    return DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed)
+
+
+@app.command("eval")
+def evaluate(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
+             draft: Optional[str] = typer.Option(None, help="draft checkpoint: speculative decoding"),
+             split: str = typer.Option("test", help="test or valid"), K: int = typer.Option(20, "--K"),
+             verify: str = "strict", draft_beams: int = 40, gamma: int = 3, batch_size: int = 64,
+             users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
+             popularity: bool = typer.Option(True, help="also score the popularity baseline")):
+    """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
+    from recspec.evaluation.evaluate import evaluate_popularity
+    from recspec.recommender import Recommender
+
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed),
+                           index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
+    examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
+    out = {"recspec": rec.evaluate(examples, K=K)}
+    if popularity:
+        out["popularity"] = evaluate_popularity(rec.catalog.data, rec.catalog.trie, examples, [k for k in (1, 3, 5, 10, 20) if k <= K])
+    print(json.dumps(out, indent=2))
+
+
+@app.command()
+def recommend(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
+              input: str = typer.Option("-", "--input", help="JSON lines {\"history\": [item ids]} ('-': stdin)"),
+              draft: Optional[str] = typer.Option(None, help="draft checkpoint: speculative decoding"),
+              verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)"),
+              draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
+              K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
+              seed: int = 0, device: str = "cpu"):
+    """Histories in, top-K items (with titles where known) out, as JSON lines."""
+    from recspec.recommender import Recommender
+
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed),
+                           index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
+    histories = _read_histories(input)
+    res, _ = rec.recommend(histories, K)
+    titles = rec.catalog.data.titles
+    for h, sids, scores in zip(histories, res.sids.tolist(), res.scores.tolist()):
+        recs = [{"items": list(rec.items_of(s)), "sid": rec.catalog.index.sid_string(rec.items_of(s)[0]),
+                 "titles": [titles[i] for i in rec.items_of(s) if i in titles], "score": round(sc, 5)}
+                for s, sc in zip(sids, scores) if s >= 0]
+        print(json.dumps({"history": h, "recommendations": recs}))
+
+
+def _read_histories(path: str) -> list[list[int]]:
+    lines = sys.stdin.read().splitlines() if path == "-" else open(path, encoding="utf-8").read().splitlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            hist = obj["history"] if isinstance(obj, dict) else obj
+            out.append([int(x) for x in hist])
+        except (ValueError, KeyError, TypeError) as e:
+            raise RecSpecError(f"{path}:{n}: expected {{\"history\": [item ids]}} ({type(e).__name__}: {e})") from None
+    if not out:
+        raise RecSpecError(f"{path}: no histories given")
+    return out
+
+
+@app.command()
+def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 12,
+         time_limit_s: float = typer.Option(480.0, help="training time cap"), size: str = "demo"):
+    """The main job: SIDs for MovieLens-100K, a small target trained on the CPU, evaluation vs popularity."""
+    from rich.table import Table
+
+    from recspec.demo import DemoConfig, run_demo
+
+    report = run_demo(DemoConfig(out=out, epochs=epochs, time_limit_s=time_limit_s, size=size))
+    table = Table(title=f"MovieLens-100K test users ({report['users_test']}), leave-one-out")
+    table.add_column("model")
+    ks = (5, 10, 20)
+    for k in ks:
+        table.add_column(f"Recall@{k}", justify="right")
+        table.add_column(f"NDCG@{k}", justify="right")
+    for name, m in (("recspec target", report["test"]["recspec"]), ("popularity", report["test"]["popularity"])):
+        table.add_row(name, *[f"{m[f'{kind}@{k}']:.4f}" for k in ks for kind in ("recall", "ndcg")])
+    from rich.console import Console
+
+    Console().print(table)
+    print(f"report: {os.path.join(out, 'report.json')}  ({report['seconds']} s)")
+
+
+def main() -> None:
+    try:
+        app()
+    except RecSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

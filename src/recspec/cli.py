@@ -169,6 +169,63 @@ def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 
     print(f"report: {os.path.join(out, 'report.json')}  ({report['seconds']} s)")
 
 
+@app.command()
+def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpoint"),
+          draft: Optional[str] = typer.Option(None, help="draft checkpoint (spec modes need one)"),
+          K: list[int] = typer.Option([1, 5, 10, 20], "--K"), batch: list[int] = typer.Option([1, 32], "--batch"),
+          users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
+          modes: str = "ar,spec-strict,spec-relaxed,hf", split: str = "test", out: str = "bench/results/topk.json",
+          threads: int = 0, device: str = "cpu", cuda_graphs: bool = False, seed: int = 0,
+          index_dir: Optional[str] = INDEX_DIR):
+    """Time AR, strict and relaxed speculative beam search and HF generate in one run -> JSON + PNG."""
+    import torch
+
+    from recspec.evaluation.bench import BenchConfig, run_bench
+    from recspec.evaluation.report import plot_results, write_results
+    from recspec.recommender import Recommender
+
+    if threads:
+        torch.set_num_threads(threads)
+    rec = Recommender.load(data, target, draft, index_dir=index_dir or os.path.dirname(os.path.normpath(target)), device=device)
+    cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
+                      gamma=gamma, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, seed=seed, hf_users=hf_users)
+    hf_model = None
+    if "hf" in cfg.modes:
+        try:
+            from recspec.evaluation.hf_baseline import to_transformers
+
+            hf_model = to_transformers(rec.target)
+        except ImportError:
+            _console().log("transformers is not installed: skipping the hf mode")
+    examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)
+    rows = run_bench(rec.target, rec.draft, rec.catalog, examples, cfg, device=device, hf_model=hf_model,
+                     on_row=lambda r: _console().log(r))
+    for r in rows:
+        r["drafter"] = "ce" if r["mode"].startswith("spec") else r.get("drafter")
+        if r["drafter"] is None:
+            del r["drafter"]
+    path = write_results(rows, out, device)
+    png = plot_results(path)
+    _print_rows(rows)
+    print(f"results: {path}  plot: {png}")
+
+
+def _print_rows(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    cols = ["mode", "K", "batch", "median_ms", "speedup_vs_ar", "speedup_vs_hf", "accepted_levels", "target_calls", "mismatches"]
+    for c in cols:
+        table.add_column(c)
+    table.add_column("recall / ndcg @K")
+    for r in rows:
+        k = r["K"]
+        q = "%.4f / %.4f" % (r.get(f"recall@{k}", 0.0), r.get(f"ndcg@{k}", 0.0))
+        table.add_row(*[str(r.get(c, "")) for c in cols], q)
+    Console().print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from recspec.config import ModelConfig
@@ -71,6 +72,8 @@ def model_config_from_hf(d: dict, where: str) -> ModelConfig:
             tie_embeddings=bool(d.get("tie_word_embeddings", False)))
     except KeyError as e:
         raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:  # wrong field types, heads not dividing the width
+        raise CheckpointError(f"{where}: {e}") from None
     if d.get("head_dim", cfg.head_dim) != cfg.head_dim:
         raise CheckpointError(f"{where}: head_dim {d['head_dim']} != hidden_size / num_heads")
     return cfg
@@ -110,22 +113,39 @@ def load_checkpoint(folder: str | os.PathLike, device="cpu", dtype=torch.float32
             raise CheckpointError(f"{folder}: not a checkpoint folder ({os.path.basename(p)} missing)")
     try:
         with open(cfg_path) as f:
-            cfg = model_config_from_hf(json.load(f), cfg_path)
+            raw = json.load(f)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_path}: line {e.lineno}: not valid json") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_path}: expected a json object, got {type(raw).__name__}")
+    cfg = model_config_from_hf(raw, cfg_path)
     model = Decoder(cfg)
-    state = load_file(w_path)
-    if cfg.tie_embeddings:
+    try:
+        state = load_file(w_path)
+    except SafetensorError as e:
+        raise CheckpointError(f"{w_path}: not a readable safetensors file ({e})") from None
+    if cfg.tie_embeddings and "model.embed_tokens.weight" in state:
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{w_path}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    wrong = [k for k in expected if state[k].shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{w_path}: weights do not match config.json ({k} has shape {tuple(state[k].shape)}, "
+                              f"config.json implies {tuple(expected[k].shape)})")
+    model.load_state_dict(state)
     meta = None
     meta_path = os.path.join(folder, "recspec.json")
     if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            m = json.load(f)
-        meta = CheckpointMeta(Vocab.from_dict(m["vocab"]), m["index_fingerprint"], m.get("role", "target"), m.get("extra"))
+        try:
+            with open(meta_path) as f:
+                m = json.load(f)
+            meta = CheckpointMeta(Vocab.from_dict(m["vocab"]), m["index_fingerprint"], m.get("role", "target"), m.get("extra"))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{meta_path}: malformed recspec metadata ({type(e).__name__}: {e})") from None
     return model.to(device=device, dtype=dtype).eval(), meta
 
 

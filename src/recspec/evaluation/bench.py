@@ -1,0 +1,146 @@
+"""One-run speed comparisons: same models, same users, every mode, medians after warm-up -> JSON rows.
+
+Modes: "ar" (our autoregressive beam search through the engine), "spec-strict", "spec-relaxed",
+"hf" (transformers' `generate` constrained beam search on our exported weights, when installed).
+Each row carries the recommendation quality of the same run (Recall/NDCG@K), acceptance
+statistics and `mismatches`: users whose list differs from AR's (strict must be 0).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from recspec.data.catalog import Catalog
+from recspec.data.datasets import Example
+from recspec.data.vocab import build_prompts
+from recspec.decoding.drafters.draft_model import DraftModelDrafter
+from recspec.decoding.engine import SpecEngine
+from recspec.decoding.stats import SpecStats
+from recspec.evaluation.evaluate import target_sids
+from recspec.evaluation.metrics import ranking_metrics
+from recspec.models.decoder import Decoder
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    Ks: tuple[int, ...] = (1, 5, 10, 20)  # beams
+    batches: tuple[int, ...] = (1, 32)  # users per call
+    users: int = 200  # users timed per (mode, K, batch)
+    warmup: int = 3  # calls before timing starts
+    draft_beams: int = 40  # N (raised to K where smaller)
+    gamma: int = 3  # draft depth
+    modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
+    cuda_graphs: bool = False  # replay captured rounds (CUDA only)
+    seed: int = 0
+    hf_users: int = 0  # users for "hf" (0: same as users); HF is slow
+    hf_max_batch: int = 0  # largest batch HF is timed at (0: all)
+
+
+@dataclass
+class ModeRun:
+    """What one mode produced on the benchmark users."""
+
+    sids: list[list[int]] = field(default_factory=list)
+    times_s: list[float] = field(default_factory=list)  # per call
+    stats: SpecStats = field(default_factory=SpecStats)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()  # host sync: timing boundary
+
+
+def time_calls(call: Callable[[list[int]], tuple[list[list[int]], SpecStats | None]], batches: list[list[int]],
+               warmup: int, device) -> ModeRun:
+    """Run `call` on every batch (warm-up calls first, on the first batches, untimed)."""
+    out = ModeRun()
+    for users in batches[:warmup]:
+        call(users)
+    for users in batches:
+        _sync(device)
+        t0 = time.perf_counter()
+        sids, st = call(users)
+        _sync(device)
+        out.times_s.append(time.perf_counter() - t0)
+        out.sids += sids
+        if st is not None:
+            out.stats = out.stats.merge(st)
+    return out
+
+
+def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example], device):
+    def call(users: list[int]):
+        prompts = build_prompts(catalog.vocab, catalog.index, [examples[i].history for i in users]).to(device)
+        res, st = engine.run(prompts)
+        return res.sids.tolist(), st
+    return call
+
+
+def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
+    trie = catalog.trie.to(device)
+    N = max(cfg.draft_beams, K)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed) if not cfg.cuda_graphs else None
+    drafter = DraftModelDrafter(draft, trie, N) if mode != "ar" else None
+    verify = "relaxed" if mode == "spec-relaxed" else "strict"
+    return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,
+                      generator=gen, cuda_graphs=cfg.cuda_graphs)
+
+
+def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar: ModeRun | None) -> dict:
+    med = statistics.median(run.times_s)
+    row = {"task": "topk", "mode": mode, "K": K, "batch": batch, "median_ms": round(med * 1e3, 3),
+           "users_per_s": round(batch / med, 2), "users": len(run.sids)}
+    row.update({k: round(v, 5) for k, v in ranking_metrics(run.sids, gt[: len(run.sids)], [K]).items()})
+    if run.stats.accepted:
+        s = run.stats.summary()
+        row.update(accepted_levels=round(s["accepted_levels"], 4), target_calls=round(s["target_calls"], 4))
+        row.update({f"accept_hist_{i}": c for i, c in enumerate(s["accept_hist"])})
+    if ar is not None:
+        row["mismatches"] = sum(a != b for a, b in zip(ar.sids, run.sids))
+    return row
+
+
+def run_bench(target: Decoder, draft: Decoder | None, catalog: Catalog, examples: Sequence[Example],
+              cfg: BenchConfig, device="cpu", hf_model=None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every (K, batch, mode) on the same users; speedups are filled in against "ar" and "hf"."""
+    gt = target_sids(catalog.trie, examples)
+    rows = []
+    for K in cfg.Ks:
+        for batch in cfg.batches:
+            n = cfg.users - cfg.users % batch or batch
+            batches = [list(range(s, s + batch)) for s in range(0, min(n, len(examples)), batch)]
+            runs: dict[str, ModeRun] = {}
+            for mode in cfg.modes:
+                if mode == "hf":
+                    if hf_model is None or (cfg.hf_max_batch and batch > cfg.hf_max_batch):
+                        continue
+                    from recspec.evaluation.hf_baseline import hf_call
+
+                    hb = batches[: max(1, (cfg.hf_users or n) // batch)]
+                    runs[mode] = time_calls(hf_call(hf_model, catalog, examples, K, device), hb, min(cfg.warmup, 1), device)
+                    continue
+                if mode != "ar" and draft is None:
+                    continue
+                engine = make_engine(mode, target, draft, catalog, K, cfg, device)
+                runs[mode] = time_calls(engine_call(engine, catalog, examples, device), batches, cfg.warmup, device)
+            new = [row_for(m, K, batch, r, gt, runs.get("ar") if m != "ar" else None) for m, r in runs.items()]
+            _speedups(new)
+            for r in new:
+                rows.append(r)
+                if on_row:
+                    on_row(r)
+    return rows
+
+
+def _speedups(rows: list[dict]) -> None:
+    by = {r["mode"]: r["median_ms"] for r in rows}
+    for r in rows:
+        if "ar" in by and r["mode"] != "ar":
+            r["speedup_vs_ar"] = round(by["ar"] / r["median_ms"], 3)
+        if "hf" in by and r["mode"] != "hf":
+            r["speedup_vs_hf"] = round(by["hf"] / r["median_ms"], 3)

@@ -1,0 +1,72 @@
+"""Benchmark results on disk (JSON: device, command, date, rows) and the plots made from them."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+
+def device_name(device) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+
+
+def write_results(rows: list[dict], path: str, device, command: str | None = None, extra: dict | None = None) -> str:
+    """Write one run's rows atomically; returns the path."""
+    doc = {"device": device_name(device), "command": command or " ".join(sys.argv),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "torch": torch.__version__, **(extra or {}), "rows": rows}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def plot_results(path: str, png: str | None = None) -> str:
+    """Speedup over AR vs K (one line per mode and batch) and the acceptance histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        doc = json.load(f)
+    rows = [r for r in doc["rows"] if r.get("task") == "topk"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in sorted({r["mode"] for r in rows} - {"ar"}):
+        for batch in sorted({r["batch"] for r in rows}):
+            pts = sorted((r["K"], r["speedup_vs_ar"]) for r in rows
+                         if r["mode"] == mode and r["batch"] == batch and "speedup_vs_ar" in r)
+            if pts:
+                ax1.plot(*zip(*pts), marker="o", label=f"{mode} b={batch}")
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set(xlabel="K (beams)", ylabel="speedup over our AR beam search", title=doc["device"][:60])
+    ax1.legend(fontsize=7)
+    spec = [r for r in rows if r["mode"].startswith("spec") and any(k.startswith("accept_hist_") for k in r)]
+    for r in spec[:8]:
+        hist = [r.get(f"accept_hist_{i}", 0) for i in range(8)]
+        while hist and not hist[-1]:
+            hist.pop()
+        total = sum(hist) or 1
+        ax2.plot(range(len(hist)), [h / total for h in hist], marker="o", label=f"{r['mode']} K={r['K']} b={r['batch']}")
+    ax2.set(xlabel="levels accepted in a round", ylabel="share of rounds", title="acceptance")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    png = png or os.path.splitext(path)[0] + ".png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

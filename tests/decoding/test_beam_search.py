@@ -1,0 +1,184 @@
+"""Constrained beam search: equal to Hugging Face's `generate` with the same trie on Beauty users,
+exhaustive when K is the catalogue, and its results are real, distinct, sorted items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recspec.data.sids import SIDIndex
+from recspec.data.trie import SIDTrie, build_trie
+from recspec.data.vocab import EOS, PAD, Vocab, build_prompts, sequence_tokens
+from recspec.decoding.beam_search import BeamResult, beam_search
+
+NUM_USERS = 200  # Beauty users compared with Hugging Face, for every K
+BATCH = 50  # users per beam_search call (left-padded prompts of different lengths)
+ATOL = 1e-4
+
+
+def read_sequential(path: Path) -> dict[str, list[int]]:
+    """`USER ITEM ITEM ...` lines, 1-based item ids -> {user: 0-based item ids} (a minimal parser)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        user, *items = line.split()
+        out[user] = [int(i) - 1 for i in items]
+    return out
+
+
+@dataclass(frozen=True)
+class Beauty:
+    index: SIDIndex
+    vocab: Vocab
+    trie: SIDTrie
+    histories: list[list[int]]  # test-time histories (train + valid items) of users spread over the file
+    model: torch.nn.Module  # a tiny random decoder over the Beauty vocabulary
+
+
+@pytest.fixture(scope="module")
+def beauty(shared_datasets, beauty_index, make_decoder) -> Beauty:
+    folder = shared_datasets / "beauty"
+    train = read_sequential(folder / "sequential_train.txt")
+    valid = read_sequential(folder / "sequential_valid.txt")
+    histories = [train[u] + valid.get(u, []) for u in train]
+    histories = [h for h in histories if h]
+    stride = len(histories) // NUM_USERS
+    histories = histories[::stride][:NUM_USERS]
+    assert len(histories) == NUM_USERS
+    assert len({min(len(h), 20) for h in histories[:BATCH]}) > 1  # batches really are left-padded
+    vocab = Vocab.for_index(beauty_index)
+    trie = build_trie(beauty_index, vocab)
+    return Beauty(beauty_index, vocab, trie, histories, make_decoder(vocab, seed=0))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads make
+    HF's per-step overhead many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hf_model(beauty):
+    transformers = pytest.importorskip("transformers")
+    from recspec.models.hf import hf_config
+
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(beauty.model.cfg)))
+    hf.load_state_dict(beauty.model.state_dict())
+    return hf.eval()
+
+
+@pytest.fixture(scope="module")
+def allowed_tokens(beauty):
+    """HF's prefix_allowed_tokens_fn from our trie: the generated suffix -> trie.walk -> allowed ids.
+    Memoised on the suffix (the same beams recur across users and K)."""
+    trie = beauty.trie
+    memo: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def for_prompt(T: int):
+        def fn(batch_id: int, ids: torch.Tensor) -> torch.Tensor:
+            suffix = ids[T:]
+            key = tuple(suffix.tolist())
+            if key not in memo:
+                memo[key] = trie.allowed(trie.walk(suffix)).nonzero().reshape(-1)
+            return memo[key]
+
+        return fn
+
+    return for_prompt
+
+
+def ours_batched(beauty: Beauty, K: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per user: (codes (K, L), scores (K,)) from beam_search over batches of users."""
+    out = []
+    for start in range(0, len(beauty.histories), BATCH):
+        prompts = build_prompts(beauty.vocab, beauty.index, beauty.histories[start:start + BATCH])
+        res = beam_search(beauty.model, beauty.trie, prompts, K)
+        out += list(zip(res.codes, res.scores))
+    return out
+
+
+def check_result(trie: SIDTrie, vocab: Vocab, res: BeamResult, K: int) -> None:
+    """Real items (leaves whose codes are the returned tokens), K distinct per user, best first."""
+    B = res.sids.shape[0]
+    assert res.sids.shape == res.scores.shape == (B, K) and res.codes.shape == (B, K, trie.num_levels)
+    assert (res.sids >= 0).all() and torch.isfinite(res.scores).all()
+    tokens = torch.as_tensor(vocab.item_tokens(trie.sids[res.sids].numpy()))  # (B, K, L)
+    assert torch.equal(res.codes, tokens)
+    assert torch.equal(trie.leaf_sid[trie.walk(res.codes)], res.sids)
+    for row in res.sids:
+        assert len(set(row.tolist())) == K
+    assert (res.scores[:, 1:] <= res.scores[:, :-1]).all()
+
+
+@pytest.mark.parametrize("K", [1, 5, 10, 20])
+def test_matches_hf_generate(beauty, hf_model, allowed_tokens, K):
+    L = beauty.trie.num_levels
+    ours = ours_batched(beauty, K)
+    beams = dict(num_beams=K, num_return_sequences=K, length_penalty=0.0) if K > 1 else {}
+    for user, (hist, (codes, scores)) in enumerate(zip(beauty.histories, ours)):
+        prompt = build_prompts(beauty.vocab, beauty.index, [hist]).tokens  # (1, T) unpadded
+        T = prompt.shape[1]
+        with torch.no_grad():
+            out = hf_model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=L + 1, do_sample=False,
+                prefix_allowed_tokens_fn=allowed_tokens(T), pad_token_id=PAD, eos_token_id=EOS,
+                output_scores=True, return_dict_in_generate=True, **beams)
+        seqs = out.sequences[:, T:]  # (K, L + 1)
+        assert (seqs[:, L] == EOS).all(), f"user {user}"
+        assert torch.equal(seqs[:, :L], codes), f"user {user}: items or their order differ from HF"
+        if K > 1:  # HF's greedy search reports processed logits, not sequence log-probs
+            torch.testing.assert_close(out.sequences_scores, scores, atol=ATOL, rtol=0, msg=f"user {user}")
+
+
+@pytest.mark.parametrize("K", [1, 5, 20])
+def test_results_are_real_distinct_sorted_items(beauty, K):
+    prompts = build_prompts(beauty.vocab, beauty.index, beauty.histories[:BATCH])
+    check_result(beauty.trie, beauty.vocab, beam_search(beauty.model, beauty.trie, prompts, K), K)
+
+
+# --- a toy catalogue: K up to the number of distinct SIDs -------------------------------------------
+TOY = SIDIndex(codes=np.array([[0, 1, 0], [2, 0, 1], [0, 1, 1], [1, 1, 0], [0, 1, 0], [2, 0, 1], [1, 0, 0]]),
+               level_sizes=(3, 2, 2), prefixes=("a", "b", "c"))  # 7 items, 5 distinct SIDs (2 collisions)
+
+
+def exhaustive_scores(model, vocab: Vocab, trie: SIDTrie, history: list[int]) -> torch.Tensor:
+    """(U,) log-prob of every distinct SID followed by <eos>, from one causal forward per SID."""
+    prompt = sequence_tokens(vocab, TOY, history)
+    tokens = vocab.item_tokens(trie.sids.numpy())  # (U, L)
+    seqs = torch.tensor([prompt + row.tolist() + [EOS] for row in tokens])  # (U, T + L + 1)
+    with torch.no_grad():
+        logp = torch.log_softmax(model.forward_train(seqs)[:, len(prompt) - 1:-1].float(), dim=-1)
+    return logp.gather(-1, seqs[:, len(prompt):, None]).squeeze(-1).sum(-1)
+
+
+def test_full_width_is_exhaustive(make_decoder):
+    """With K = every distinct SID, beam search keeps everything: it must return all SIDs ranked by
+    their exact sequence log-probs."""
+    vocab = Vocab.for_index(TOY)
+    trie = build_trie(TOY, vocab)
+    model = make_decoder(vocab, seed=11, num_layers=2, num_heads=4, num_kv_heads=2)
+    histories = [[0, 3], [6], [1, 2, 4, 5, 6, 0]]
+    res = beam_search(model, trie, build_prompts(vocab, TOY, histories), trie.num_sids)
+    check_result(trie, vocab, res, trie.num_sids)
+    for b, hist in enumerate(histories):
+        want = exhaustive_scores(model, vocab, trie, hist)  # (U,)
+        order = want.argsort(descending=True)
+        assert torch.equal(res.sids[b], order)
+        torch.testing.assert_close(res.scores[b], want[order], atol=ATOL, rtol=0)
+
+
+def test_k_outside_the_catalogue_is_refused(make_decoder):
+    vocab = Vocab.for_index(TOY)
+    trie = build_trie(TOY, vocab)
+    model = make_decoder(vocab)
+    prompts = build_prompts(vocab, TOY, [[0]])
+    for K in (0, trie.num_sids + 1, TOY.num_items):  # 7 items but only 5 distinct SIDs
+        with pytest.raises(ValueError, match=rf"K={K} must be between 1 and the number of distinct items \(5\)"):
+            beam_search(model, trie, prompts, K)

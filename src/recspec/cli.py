@@ -76,7 +76,7 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
                       max_steps=max_steps, time_limit_s=time_limit_s, threads=threads, seed=seed)
     torch.manual_seed(seed)
     model = Decoder(model_config(cat, size)).to(device)
-    log = lambda r: _console().log(r) if r.get("kind") == "valid" else None  # noqa: E731
+    log = lambda r: _console().log(r) if r.get("event") == "eval" else None  # noqa: E731
     res = run_train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, role=role, on_log=log)
     print(json.dumps({"checkpoint": res.checkpoint, "steps": res.steps, "best_valid_recall@10": res.best_recall10,
                       "stop_reason": res.stop_reason, "seconds": round(res.seconds, 1)}))

@@ -1,0 +1,153 @@
+"""One-command GPU benchmark: train a >= 0.5B target and a small draft on Beauty, then time
+transformers' generate, our AR beam search, speculative strict and relaxed, on the same users.
+
+    PYTHONPATH=src python bench/gpu_bench.py --data .data/beauty --out $OUT
+
+Prints a short table last and writes gpu_topk.json (rows as in bench/results) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from recspec.config import ModelConfig, TrainConfig  # noqa: E402
+from recspec.data.catalog import open_catalog  # noqa: E402
+from recspec.data.vocab import build_prompts  # noqa: E402
+from recspec.decoding.beam_search import beam_search  # noqa: E402
+from recspec.evaluation.bench import BenchConfig, make_engine, run_bench  # noqa: E402
+from recspec.evaluation.report import write_results  # noqa: E402
+from recspec.models.decoder import Decoder  # noqa: E402
+from recspec.training.train import train  # noqa: E402
+
+TARGET = dict(hidden_size=1536, num_layers=20, num_heads=12, num_kv_heads=4, intermediate_size=4096)
+DRAFT = dict(hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=1376)
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> Decoder:
+    torch.manual_seed(seed)
+    model = Decoder(ModelConfig(vocab_size=cat.vocab.size, max_positions=256, **shape)).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        res = train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, progress=False,
+                    on_log=lambda r: log(r) if r.get("event") == "eval" else None)
+    log("trained", out, res)
+    return model.to(torch.bfloat16).eval()
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large device-to-device copy (read + write counted)."""
+    x = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    ts = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); y.copy_(x); b.record(); torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return 2 * x.numel() / statistics.median(ts)
+
+
+def ar_step_ms(target, cat, examples, K: int) -> float:
+    """Median time of one graph-replayed AR decode round (K tokens, batch 1)."""
+    eng = make_engine("ar", target, None, cat, K, BenchConfig(cuda_graphs=True), "cuda")
+    prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
+    eng.run(prompts)  # captures (first, 0) and (later, 0)
+    graph = eng._graphs[(False, 0)]
+    ts = []
+    for _ in range(50):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); graph.replay(); b.record(); torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts[10:])
+
+
+def smoke(cat, examples):
+    """Graph replay equals eager on a tiny random model before anything big runs."""
+    torch.manual_seed(0)
+    t = Decoder(ModelConfig(vocab_size=cat.vocab.size, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                            intermediate_size=128)).cuda().eval()
+    d = Decoder(ModelConfig(vocab_size=cat.vocab.size, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                            intermediate_size=64)).cuda().eval()
+    prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:8]]).to("cuda")
+    ref = beam_search(t, cat.trie.to("cuda"), prompts, 10).sids
+    for graphs in (False, True):
+        eng = make_engine("spec-strict", t, d, cat, 10, BenchConfig(cuda_graphs=graphs, draft_beams=20), "cuda")
+        for _ in range(2):
+            res, _ = eng.run(prompts)
+            assert torch.equal(res.sids, ref), f"graphs={graphs}: spec strict != beam search"
+    log("smoke ok: eager and graph-replayed strict spec equal beam search")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=".data/beauty")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    ap.add_argument("--target-time", type=float, default=170)
+    ap.add_argument("--draft-time", type=float, default=50)
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--users-b64", type=int, default=512)
+    ap.add_argument("--hf-users", type=int, default=30)
+    ap.add_argument("--Ks", default="1,5,10,20")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    t0 = time.time()
+    cat = open_catalog(args.data)
+    test = list(cat.data.test)
+    smoke(cat, test)
+    tcfg = TrainConfig(epochs=12, batch_size=256, lr=4e-4, warmup_steps=60, eval_users=500, time_limit_s=args.target_time)
+    target = train_model(cat, TARGET, "/tmp/rs/target", tcfg, 0)
+    dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=500, time_limit_s=args.draft_time)
+    draft = train_model(cat, DRAFT, "/tmp/rs/draft", dcfg, 1)
+    tp, dp = target.cfg.num_parameters(), draft.cfg.num_parameters()
+    log(f"target {tp / 1e6:.1f}M params, draft {dp / 1e6:.2f}M ({tp / dp:.0f}x)")
+    from recspec.evaluation.hf_baseline import to_transformers
+
+    hf = to_transformers(target)
+    rows = []
+    Ks = tuple(int(k) for k in args.Ks.split(","))
+    for batch, users, hf_users in ((1, args.users, args.hf_users), (64, args.users_b64, 128)):
+        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=40, gamma=3,
+                          cuda_graphs=True, hf_users=hf_users)
+        try:
+            rows += run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r))
+        except Exception:  # keep what was measured; say what broke
+            traceback.print_exc()
+    bw = copy_bandwidth()
+    floor_ms = tp * 2 / bw * 1e3
+    step = ar_step_ms(target, cat, test, 10)
+    for r in rows:
+        r["drafter"] = "ce" if r["mode"].startswith("spec") else None
+        if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10:
+            r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
+        if r["drafter"] is None:
+            del r["drafter"]
+    extra = {"target_params": tp, "draft_params": dp, "copy_bandwidth_GBps": round(bw / 1e9, 1),
+             "seconds": round(time.time() - t0, 1)}
+    path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), "cuda",
+                         command="PYTHONPATH=src python bench/gpu_bench.py --data .data/beauty", extra=extra)
+    log("wrote", path, json.dumps(extra))
+    print(f"{'mode':13s} {'K':>3s} {'b':>3s} {'ms':>9s} {'u/s':>8s} {'xAR':>6s} {'xHF':>6s} {'acc':>5s} {'calls':>5s} {'mis':>4s} {'R@K':>6s}")
+    for r in rows:
+        k = r["K"]
+        print(f"{r['mode']:13s} {r['K']:3d} {r['batch']:3d} {r['median_ms']:9.3f} {r['users_per_s']:8.1f} "
+              f"{r.get('speedup_vs_ar', 0):6.2f} {r.get('speedup_vs_hf', 0):6.2f} {r.get('accepted_levels', 0):5.2f} "
+              f"{r.get('target_calls', 0):5.2f} {r.get('mismatches', -1):4d} {r.get(f'recall@{k}', 0):6.4f}")
+    print(f"AR step K=10 b=1: {step:.3f} ms, floor {floor_ms:.3f} ms (weights {tp * 2 / 1e9:.2f} GB at {bw / 1e9:.0f} GB/s)")
+
+
+if __name__ == "__main__":
+    main()

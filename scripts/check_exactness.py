@@ -1,0 +1,120 @@
+"""Strict speculative beam search must return exactly the target's beam search: check it on a dataset.
+
+For every (K, batch size, draft) it decodes the test users with autoregressive beam search and with
+strict speculative beam search, and prints how many users' lists differ (items or order), the largest
+score difference, invalid items, and acceptance. Exits 1 if any user differs or any item is invalid.
+
+    PYTHONPATH=src python scripts/check_exactness.py --target runs/target --draft runs/draft random \
+        --data ../shared/datasets/beauty --batch 1 32 --K 1 5 10 20 --users 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from recspec.config import MODEL_PRESETS, ModelConfig
+from recspec.data.datasets import load_sequential
+from recspec.data.sids import SIDIndex
+from recspec.data.trie import SIDTrie, build_trie
+from recspec.data.vocab import Prompts, Vocab, build_prompts
+from recspec.decoding.beam_search import BeamResult, beam_search
+from recspec.decoding.drafters.draft_model import DraftModelDrafter
+from recspec.decoding.spec_beam import spec_beam_search
+from recspec.decoding.stats import SpecStats
+from recspec.errors import CheckpointError, RecSpecError
+from recspec.models.decoder import Decoder
+from recspec.models.hf import load_checkpoint
+
+SCORE_TOL = 1e-4  # fp32 noise allowed between the two searches' scores
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", required=True, help="target checkpoint folder")
+    ap.add_argument("--draft", nargs="+", default=["random"],
+                    help="draft checkpoint folder(s), or 'random' for an untrained draft-size model")
+    ap.add_argument("--data", default="../shared/datasets/beauty", help="sequential dataset folder")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="users per decoding call")
+    ap.add_argument("--K", type=int, nargs="+", default=[1, 5, 10, 20], help="target beams")
+    ap.add_argument("--N", type=int, default=40, help="draft beams (raised to K where smaller)")
+    ap.add_argument("--gamma", type=int, default=3, help="draft depth")
+    ap.add_argument("--users", type=int, default=0, help="first N test users (0: all)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random draft")
+    return ap.parse_args(argv)
+
+
+def load_model(path: str, vocab: Vocab, index: SIDIndex, device) -> Decoder:
+    model, meta = load_checkpoint(path, device=device)
+    if meta is not None and (meta.vocab != vocab or meta.index_fingerprint != index.fingerprint()):
+        raise CheckpointError(f"{path}: trained on another SID index (fingerprint {meta.index_fingerprint}, "
+                              f"data has {index.fingerprint()})")
+    return model
+
+
+def random_draft(vocab: Vocab, seed: int, device) -> Decoder:
+    torch.manual_seed(seed)
+    return Decoder(ModelConfig(vocab_size=vocab.size, **MODEL_PRESETS["draft"])).to(device).eval()
+
+
+def batches(vocab: Vocab, index: SIDIndex, histories: list, size: int, device) -> list[Prompts]:
+    return [build_prompts(vocab, index, histories[i:i + size]).to(device) for i in range(0, len(histories), size)]
+
+
+def compare(target: Decoder, draft: Decoder, trie: SIDTrie, prompts: list[Prompts], refs: list[BeamResult],
+            K: int, N: int, gamma: int) -> dict:
+    """Strict speculative decoding of every batch against its reference."""
+    differ, max_diff, invalid, stats, t0 = 0, 0.0, 0, SpecStats(), time.perf_counter()
+    for p, ref in zip(prompts, refs):
+        got, st = spec_beam_search(target, DraftModelDrafter(draft, trie, N), trie, p, K, N, gamma)
+        same = (got.sids == ref.sids).all(dim=1) & (got.codes == ref.codes).flatten(1).all(dim=1)
+        differ += int((~same).sum())
+        max_diff = max(max_diff, float((got.scores - ref.scores).abs().max()))
+        codes_ok = trie.leaf_sid[trie.walk(got.codes)] == got.sids
+        invalid += int(((got.sids < 0) | ~codes_ok).sum())
+        stats = stats.merge(st)
+    s = stats.summary()
+    return dict(differ=differ, max_diff=max_diff, invalid=invalid, seconds=time.perf_counter() - t0,
+                accepted=s["accepted_levels"], calls=s["target_calls"])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data, index = load_sequential(args.data)
+    vocab = Vocab.for_index(index)
+    trie = build_trie(index, vocab).to(args.device)
+    target = load_model(args.target, vocab, index, args.device)
+    drafts = {d: random_draft(vocab, args.seed, args.device) if d == "random"
+              else load_model(d, vocab, index, args.device) for d in args.draft}
+    test = data.test[: args.users] if args.users > 0 else data.test
+    histories = [e.history for e in test]
+    print(f"{data.name}: {len(histories)} test users, target {args.target}, N={args.N}, gamma={args.gamma}")
+    failed = False
+    for batch in args.batch:
+        prompts = batches(vocab, index, histories, batch, args.device)
+        for K in args.K:
+            t0 = time.perf_counter()
+            refs = [beam_search(target, trie, p, K) for p in prompts]
+            ar_s = time.perf_counter() - t0
+            for name, draft in drafts.items():
+                r = compare(target, draft, trie, prompts, refs, K, max(args.N, K), args.gamma)
+                bad = r["differ"] > 0 or r["invalid"] > 0 or r["max_diff"] > SCORE_TOL
+                failed |= bad
+                print(f"K={K:<3d} batch={batch:<3d} draft={name}: {r['differ']} users differ, "
+                      f"max |score diff| {r['max_diff']:.2e}, {r['invalid']} invalid items, "
+                      f"accepted/round {r['accepted']:.2f}, target calls/user {r['calls']:.2f}, "
+                      f"AR {ar_s:.1f}s SD {r['seconds']:.1f}s{'  MISMATCH' if bad else ''}", flush=True)
+    print("FAIL" if failed else "OK: strict speculative beam search equals beam search")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RecSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

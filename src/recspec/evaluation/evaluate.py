@@ -1,0 +1,115 @@
+"""Offline evaluation: recommend K items per user with beam search and score them against the ground truth.
+
+Everything is compared as unique SID rows (`trie.sids`): items that share a SID are one and the same
+output of a generative model, so ground-truth items are mapped through `trie.item_sid`, and the
+popularity baseline's items are mapped the same way (repeats dropped, order kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from recspec.data.datasets import HISTORY_LEN, Example, SplitData
+from recspec.data.sids import SIDIndex
+from recspec.data.trie import SIDTrie
+from recspec.data.vocab import Vocab, build_prompts
+from recspec.decoding.beam_search import BeamResult, beam_search
+from recspec.evaluation.metrics import DEFAULT_KS, dedup, popularity_ranking, ranking_metrics
+from recspec.models.decoder import Decoder
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """Recommendations for one batch of users, with the users' positions in the input."""
+
+    users: torch.Tensor  # (b,) int64 positions of these users in the `histories` given
+    result: BeamResult  # (b, K) on the CPU, row j belongs to users[j]
+
+
+def length_batches(histories: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Input positions grouped into batches of users with similar prompt lengths (shortest first)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(histories)), key=lambda i: (min(len(histories[i]), HISTORY_LEN), i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def recommend_batches(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex,
+                      histories: Sequence[Sequence[int]], K: int, batch_size: int,
+                      device: str | torch.device = "cpu", progress: bool = False) -> Iterator[UserBatch]:
+    """Beam-search the top-K unique SIDs of every history, batch by batch (users sorted by length so
+    that prompts in a batch need little padding). Each batch says which input users it holds;
+    `recommend` puts them back in input order."""
+    trie_dev = trie.to(device)
+    batches = length_batches(histories, batch_size)
+    for users in tqdm(batches, desc="recommend", unit="batch", disable=not progress):
+        prompts = build_prompts(vocab, index, [histories[i] for i in users]).to(device)
+        res = beam_search(model, trie_dev, prompts, K)
+        res = BeamResult(sids=res.sids.cpu(), scores=res.scores.cpu(), codes=res.codes.cpu())
+        yield UserBatch(users=torch.tensor(users, dtype=torch.int64), result=res)
+
+
+def recommend(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex, histories: Sequence[Sequence[int]],
+              K: int, batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = False) -> BeamResult:
+    """Top-K unique SIDs for every history, rows in input order. -> BeamResult (U, K) on the CPU."""
+    U, L = len(histories), trie.num_levels
+    sids = torch.full((U, K), -1, dtype=torch.int64)
+    scores = torch.full((U, K), float("-inf"))
+    codes = torch.zeros((U, K, L), dtype=torch.int64)
+    for batch in recommend_batches(model, trie, vocab, index, histories, K, batch_size, device, progress):
+        sids[batch.users] = batch.result.sids
+        scores[batch.users] = batch.result.scores
+        codes[batch.users] = batch.result.codes
+    return BeamResult(sids=sids, scores=scores, codes=codes)
+
+
+def target_sids(trie: SIDTrie, examples: Sequence[Example]) -> list[set[int]]:
+    """Ground truth per example as unique SID rows."""
+    item_sid = trie.item_sid.cpu()
+    return [set(item_sid[list(e.targets)].tolist()) for e in examples]
+
+
+def _check_ks(ks: Sequence[int], K: int) -> None:
+    if not ks or min(ks) < 1 or max(ks) > K:
+        raise ValueError(f"every k in {tuple(ks)} must be between 1 and K={K}")
+
+
+@torch.no_grad()
+def evaluate(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex, examples: Sequence[Example],
+             K: int = 20, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS, progress: bool = False,
+             device: str | torch.device | None = None) -> dict[str, float | int]:
+    """Recall@k / NDCG@k of the model's beam search (K beams) on `examples`, plus "users" (scored).
+
+    The model is put in eval mode for the run and back into its former mode after; `device`
+    defaults to the model's."""
+    _check_ks(ks, K)
+    device = device if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        res = recommend(model, trie, vocab, index, [e.history for e in examples], K, batch_size, device, progress)
+    finally:
+        model.train(was_training)
+    out: dict[str, float | int] = dict(ranking_metrics(res.sids.tolist(), target_sids(trie, examples), ks))
+    out["users"] = len(examples)
+    return out
+
+
+def popularity_sids(trie: SIDTrie, train: list[list[int]], num_items: int) -> list[int]:
+    """Every unique SID row, most popular first (popularity of a SID = that of its first-ranked item)."""
+    items = popularity_ranking(train, num_items, num_items)
+    return dedup(trie.item_sid.cpu()[items].tolist())
+
+
+def evaluate_popularity(data: SplitData, trie: SIDTrie, examples: Sequence[Example],
+                        ks: Sequence[int] = DEFAULT_KS) -> dict[str, float | int]:
+    """The same metrics for recommending the most frequent training items to every user."""
+    top = popularity_sids(trie, data.train, data.num_items)[:max(ks)]
+    _check_ks(ks, len(top))
+    out: dict[str, float | int] = dict(ranking_metrics([top] * len(examples), target_sids(trie, examples), ks))
+    out["users"] = len(examples)
+    return out

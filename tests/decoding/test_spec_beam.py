@@ -1,0 +1,240 @@
+"""Speculative beam search: strict mode is the target's own beam search (same items, same order,
+same scores) on Beauty users for any draft; its acceptance statistics add up; relaxed mode follows
+the target's sampling beam search in distribution; bad arguments and mismatched models are refused."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2_contingency
+
+from recspec.data.datasets import load_sequential
+from recspec.data.sids import SIDIndex
+from recspec.data.trie import SIDTrie, build_trie
+from recspec.data.vocab import Prompts, Vocab, build_prompts
+from recspec.decoding.beam_search import BeamResult, beam_search
+from recspec.decoding.drafters.draft_model import DraftModelDrafter
+from recspec.decoding.spec_beam import spec_beam_search
+from recspec.decoding.stats import SpecStats
+from recspec.errors import CheckpointError
+
+NUM_USERS = 200  # first Beauty test users decoded in batches of BATCH
+BATCH = 32
+SINGLE_USERS = 10  # users decoded one at a time (batch 1)
+ATOL = 1e-4
+TARGET = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+DRAFT_NOISE = 0.03  # std of the noise added to the target's weights (std 0.3) for the "noisy" draft
+
+
+@dataclass(frozen=True)
+class Beauty:
+    index: SIDIndex
+    vocab: Vocab
+    trie: SIDTrie
+    batched: list[Prompts]  # NUM_USERS test users in batches of BATCH
+    single: list[Prompts]  # the first SINGLE_USERS of them, one per batch
+    target: torch.nn.Module
+    drafts: dict[str, torch.nn.Module]  # "random": untrained 1-layer; "self": the target; "noisy": target + noise
+
+    def prompts(self, batch: int) -> list[Prompts]:
+        return self.batched if batch == BATCH else self.single
+
+
+def noisy_copy(model: torch.nn.Module, std: float, seed: int) -> torch.nn.Module:
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(std * torch.randn(p.shape, generator=gen))
+    return out
+
+
+@pytest.fixture(scope="module")
+def beauty(shared_datasets, make_decoder) -> Beauty:
+    data, index = load_sequential(shared_datasets / "beauty")
+    vocab = Vocab.for_index(index)
+    histories = [e.history for e in data.test[:NUM_USERS]]
+    assert len(histories) == NUM_USERS
+    batched = [build_prompts(vocab, index, histories[i:i + BATCH]) for i in range(0, NUM_USERS, BATCH)]
+    single = [build_prompts(vocab, index, [h]) for h in histories[:SINGLE_USERS]]
+    target = make_decoder(vocab, seed=1, **TARGET)
+    drafts = {"random": make_decoder(vocab, seed=2), "self": target, "noisy": noisy_copy(target, DRAFT_NOISE, 3)}
+    return Beauty(index, vocab, build_trie(index, vocab), batched, single, target, drafts)
+
+
+@pytest.fixture(scope="module")
+def reference(beauty):
+    """reference(K, batch) -> the target's autoregressive beam search per prompt batch (memoised)."""
+
+    @lru_cache(maxsize=None)
+    def ref(K: int, batch: int) -> tuple[BeamResult, ...]:
+        return tuple(beam_search(beauty.target, beauty.trie, p, K) for p in beauty.prompts(batch))
+
+    return ref
+
+
+def check_items(trie: SIDTrie, vocab: Vocab, res: BeamResult) -> None:
+    """Every returned item is a real SID row whose codes are the returned tokens."""
+    assert (res.sids >= 0).all()
+    tokens = torch.as_tensor(vocab.item_tokens(trie.sids[res.sids].numpy()))  # (B, K, L)
+    assert torch.equal(res.codes, tokens)
+
+
+def levels_table(stats: SpecStats, L: int, gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accepted levels (B, R) (-1: user inactive) and each user's level at the start of each round
+    (B, R), checking the bookkeeping: 0 <= accepted <= min(gamma, L - level), every active round
+    advances accepted + 1 levels, every user ends at level L + 1 (L codes and <eos>), and the target
+    calls per user are (L + 1) - its accepted levels."""
+    acc = torch.stack(stats.accepted, dim=1).cpu()  # (B, R)
+    active = acc >= 0
+    level = torch.zeros_like(acc)
+    done = torch.zeros(acc.shape[0], dtype=torch.long)
+    for r in range(acc.shape[1]):
+        level[:, r] = done
+        assert torch.equal(active[:, r], done <= L), f"round {r}: active users are those not finished"
+        done = done + torch.where(active[:, r], acc[:, r] + 1, 0)
+    assert (done == L + 1).all()
+    remaining = (L - level).clamp(min=0)
+    assert (acc[active] <= torch.minimum(remaining[active], torch.tensor(gamma))).all()
+    assert (acc[active] <= gamma).all()
+    calls = stats.target_calls()
+    assert torch.equal(calls, active.sum(dim=1))
+    assert torch.equal(calls, (L + 1) - torch.where(active, acc, 0).sum(dim=1))
+    return acc, level
+
+
+def check_self_draft(acc: torch.Tensor, level: torch.Tensor, L: int, gamma: int, exact_width: bool) -> None:
+    """The target as its own draft. With N = K its beam search is the target's, so every drafted
+    level is accepted. With N > K only the first drafted level of a round is sure to be (its top-N
+    extensions of the target's beams hold the top-K); deeper levels extend the draft's N beams,
+    whose best N children need not hold the children of the target's K beams."""
+    active = acc >= 0
+    full = torch.minimum((L - level).clamp(min=0), torch.tensor(gamma))[active]
+    if exact_width:
+        assert torch.equal(acc[active], full), "the target as its own draft (N = K) was rejected"
+    else:
+        assert (acc[active] >= full.clamp(max=1)).all(), "the target as its own draft lost its first level"
+
+
+# (K, N, gamma, draft, batch): every K with every draft at both batch sizes; N = K, 2K and 40 and
+# gamma 1 and 3 rotate over them so each K meets several (N, gamma).
+CASES = [
+    (1, 40, 3, "random", BATCH), (5, 5, 1, "random", BATCH), (10, 20, 3, "random", BATCH), (20, 40, 3, "random", BATCH),
+    (1, 1, 3, "self", BATCH), (5, 5, 1, "self", BATCH), (10, 10, 3, "self", BATCH), (20, 20, 1, "self", BATCH),
+    (1, 1, 1, "noisy", BATCH), (5, 40, 3, "noisy", BATCH), (10, 20, 1, "noisy", BATCH), (20, 20, 3, "noisy", BATCH),
+    (1, 1, 3, "random", 1), (5, 10, 3, "random", 1), (10, 40, 1, "random", 1), (20, 20, 3, "random", 1),
+    (1, 2, 1, "self", 1), (5, 5, 3, "self", 1), (10, 20, 3, "self", 1), (20, 20, 3, "self", 1),
+    (1, 2, 1, "noisy", 1), (5, 10, 3, "noisy", 1), (10, 10, 1, "noisy", 1), (20, 40, 3, "noisy", 1),
+]
+
+
+@pytest.mark.parametrize("K,N,gamma,draft,batch", CASES, ids=[f"K{c[0]}-N{c[1]}-g{c[2]}-{c[3]}-b{c[4]}" for c in CASES])
+def test_strict_equals_beam_search(beauty, reference, K, N, gamma, draft, batch):
+    L = beauty.trie.num_levels
+    accepted = []
+    for b, (prompts, want) in enumerate(zip(beauty.prompts(batch), reference(K, batch))):
+        drafter = DraftModelDrafter(beauty.drafts[draft], beauty.trie, N)
+        got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, prompts, K, N, gamma)
+        check_items(beauty.trie, beauty.vocab, got)
+        same = (got.sids == want.sids).all(dim=1)
+        assert same.all(), f"batch {b}: users {torch.nonzero(~same).flatten().tolist()} differ from beam search"
+        assert torch.equal(got.codes, want.codes)
+        torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
+        acc, level = levels_table(stats, L, gamma)
+        if draft == "self":
+            check_self_draft(acc, level, L, gamma, exact_width=N == K)
+        accepted.append(acc[acc >= 0])
+    accepted = torch.cat(accepted)
+    if draft == "noisy":  # partial acceptance: some rounds reject at once, some accept levels
+        assert (accepted == 0).any() and (accepted > 0).any()
+
+
+# --- relaxed mode: the law of sampling beam search --------------------------------------------------
+# 7 items over 2 levels of 3 codes (2 of the 9 code pairs unused)
+TOY = SIDIndex(codes=np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 2], [2, 1], [2, 2]]),
+               level_sizes=(3, 3), prefixes=("a", "b"))
+ROWS = 20_000
+
+
+def outcome_counts(res: BeamResult, U: int) -> np.ndarray:
+    """(U * U,) counts of the ordered K = 2 lists (best first) over the rows."""
+    return np.bincount((res.sids[:, 0] * U + res.sids[:, 1]).numpy(), minlength=U * U)
+
+
+@pytest.mark.parametrize("N,gamma", [(2, 2), (4, 1)])
+def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma):
+    vocab = Vocab.for_index(TOY)
+    trie = build_trie(TOY, vocab)
+    target = make_decoder(vocab, seed=5, std=0.25, num_layers=2)
+    draft = make_decoder(vocab, seed=6, std=0.25)
+    prompts = build_prompts(vocab, TOY, [[0, 4, 5]] * ROWS)
+    K, U = 2, trie.num_sids
+    spec, stats = spec_beam_search(target, DraftModelDrafter(draft, trie, N), trie, prompts, K, N, gamma,
+                                   verify="relaxed", generator=torch.Generator().manual_seed(7))
+    acc, _ = levels_table(stats, trie.num_levels, gamma)
+    assert (acc == 0).any() and (acc > 0).any()  # both accepted drafts and residual sampling occur
+    sampled = beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(8))
+    top = beam_search(target, trie, build_prompts(vocab, TOY, [[0, 4, 5]]), K)
+    for res in (spec, sampled):
+        check_items(trie, vocab, res)
+        assert (res.sids[:, 0] != res.sids[:, 1]).all()
+        assert (res.scores[:, 0] >= res.scores[:, 1]).all()
+    a, b = outcome_counts(spec, U), outcome_counts(sampled, U)
+    seen = (a + b) > 0
+    assert chi2_contingency(np.stack([a[seen], b[seen]])).pvalue > 1e-3
+    # genuinely sampling: the deterministic top-K list is far from the only outcome
+    top_list = int(top.sids[0, 0] * U + top.sids[0, 1])
+    assert a[top_list] / ROWS < 0.8 and (a > 0.01 * ROWS).sum() >= 4
+    # the test has power: the draft's own sampling beam search is told apart
+    c = outcome_counts(beam_search(draft, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(9)), U)
+    seen = (a + c) > 0
+    assert chi2_contingency(np.stack([a[seen], c[seen]])).pvalue < 1e-12
+
+
+def test_relaxed_on_beauty_returns_real_distinct_items(beauty):
+    K, N, gamma = 10, 20, 3
+    drafter = DraftModelDrafter(beauty.drafts["random"], beauty.trie, N)
+    got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, beauty.batched[0], K, N, gamma,
+                                  verify="relaxed", generator=torch.Generator().manual_seed(0))
+    check_items(beauty.trie, beauty.vocab, got)
+    assert all(len(set(row)) == K for row in got.sids.tolist())
+    assert torch.isfinite(got.scores).all() and (got.scores[:, 1:] <= got.scores[:, :-1]).all()
+    levels_table(stats, beauty.trie.num_levels, gamma)
+
+
+# --- refusals -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy(make_decoder):
+    vocab = Vocab.for_index(TOY)
+    trie = build_trie(TOY, vocab)
+    return vocab, trie, make_decoder(vocab, seed=0), build_prompts(vocab, TOY, [[0, 1], [3]])
+
+
+def test_fewer_draft_beams_than_target_beams_is_refused(toy):
+    vocab, trie, model, prompts = toy
+    with pytest.raises(ValueError, match="N >= K"):
+        spec_beam_search(model, DraftModelDrafter(model, trie, 2), trie, prompts, K=3, N=2, gamma=2)
+
+
+def test_more_beams_than_items_is_refused(toy):
+    vocab, trie, model, prompts = toy
+    with pytest.raises(ValueError, match=r"number of distinct items \(7\)"):
+        spec_beam_search(model, DraftModelDrafter(model, trie, 8), trie, prompts, K=8, N=8, gamma=2)
+
+
+def test_draft_with_another_vocabulary_is_refused(toy, make_decoder):
+    vocab, trie, _, _ = toy
+    with pytest.raises(CheckpointError, match="draft vocabulary"):
+        DraftModelDrafter(make_decoder(vocab.size + 1), trie, 4)
+
+
+def test_target_with_another_vocabulary_is_refused(toy, make_decoder):
+    vocab, trie, model, prompts = toy
+    with pytest.raises(ValueError, match="target vocabulary"):
+        spec_beam_search(make_decoder(vocab.size + 1), DraftModelDrafter(model, trie, 4), trie, prompts,
+                         K=2, N=4, gamma=1)

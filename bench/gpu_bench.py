@@ -102,6 +102,7 @@ def main():
     ap.add_argument("--users-b64", type=int, default=512)
     ap.add_argument("--hf-users", type=int, default=30)
     ap.add_argument("--Ks", default="1,5,10,20")
+    ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
@@ -121,7 +122,7 @@ def main():
     Ks = tuple(int(k) for k in args.Ks.split(","))
     for batch, users, hf_users in ((1, args.users, args.hf_users), (64, args.users_b64, 128)):
         cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=40, gamma=3,
-                          cuda_graphs=True, hf_users=hf_users)
+                          cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol)
         try:
             rows += run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r))
         except Exception:  # keep what was measured; say what broke

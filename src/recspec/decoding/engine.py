@@ -24,12 +24,15 @@ from recspec.models.decoder import Decoder
 
 class SpecEngine:
     def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
-                 verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False):
+                 verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False,
+                 prompt_width: int | None = None):
+        """prompt_width: left-pad every prompt to this many columns, so that batches of different
+        prompt lengths share one buffer shape (and one set of CUDA graphs)."""
         gamma = gamma if drafter is not None else 0
         check_models(target, trie, K, N, gamma, verify)
         self.target, self.drafter, self.trie = target, drafter, trie
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
-        self.graphs_on = cuda_graphs
+        self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
 
@@ -47,6 +50,10 @@ class SpecEngine:
 
     def _load(self, prompts: Prompts) -> None:
         B, T = prompts.tokens.shape
+        if self.prompt_width is not None and T < self.prompt_width:
+            pad = prompts.tokens.new_full((B, self.prompt_width - T), PAD)
+            prompts = Prompts(torch.cat([pad, prompts.tokens], dim=1), prompts.lengths)
+            T = self.prompt_width
         if self._shape != (B, T):
             self._allocate(B, T, prompts.tokens.device)
         self.prompts.tokens.copy_(prompts.tokens)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from recspec.data.catalog import Catalog
-from recspec.data.datasets import Example
+from recspec.data.datasets import HISTORY_LEN, Example
 from recspec.data.vocab import build_prompts
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
 from recspec.decoding.engine import SpecEngine
@@ -39,6 +39,8 @@ class BenchConfig:
     seed: int = 0
     hf_users: int = 0  # users for "hf" (0: same as users); HF is slow
     hf_max_batch: int = 0  # largest batch HF is timed at (0: all)
+    tie_tol: float = 1e-4  # a list differing from AR's where the two scores at the first differing rank
+    #                        are this close is counted as a tie (floating-point noise), not an error
 
 
 @dataclass
@@ -46,6 +48,7 @@ class ModeRun:
     """What one mode produced on the benchmark users."""
 
     sids: list[list[int]] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)
     times_s: list[float] = field(default_factory=list)  # per call
     stats: SpecStats = field(default_factory=SpecStats)
 
@@ -64,10 +67,11 @@ def time_calls(call: Callable[[list[int]], tuple[list[list[int]], SpecStats | No
     for users in batches:
         _sync(device)
         t0 = time.perf_counter()
-        sids, st = call(users)
+        sids, scores, st = call(users)
         _sync(device)
         out.times_s.append(time.perf_counter() - t0)
         out.sids += sids
+        out.scores += scores
         if st is not None:
             out.stats = out.stats.merge(st)
     return out
@@ -77,7 +81,7 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
     def call(users: list[int]):
         prompts = build_prompts(catalog.vocab, catalog.index, [examples[i].history for i in users]).to(device)
         res, st = engine.run(prompts)
-        return res.sids.tolist(), st
+        return res.sids.tolist(), res.scores.tolist(), st
     return call
 
 
@@ -87,11 +91,27 @@ def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Cata
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not cfg.cuda_graphs else None
     drafter = DraftModelDrafter(draft, trie, N) if mode != "ar" else None
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
+    width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if cfg.cuda_graphs else None  # one graph shape
     return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,
-                      generator=gen, cuda_graphs=cfg.cuda_graphs)
+                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width)
 
 
-def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar: ModeRun | None) -> dict:
+def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:
+    """(users whose list differs from AR's, of which ties: at the first differing rank the two
+    lists' scores are within tol, i.e. two near-equal candidates ordered differently by rounding)."""
+    diff = ties = 0
+    for i, (a, b) in enumerate(zip(ar.sids, run.sids)):
+        if a == b:
+            continue
+        diff += 1
+        j = next(k for k, (x, y) in enumerate(zip(a, b)) if x != y)
+        if run.scores and abs(ar.scores[i][j] - run.scores[i][j]) <= tol:
+            ties += 1
+    return diff, ties
+
+
+def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar: ModeRun | None,
+            tie_tol: float = 1e-4) -> dict:
     med = statistics.median(run.times_s)
     row = {"task": "topk", "mode": mode, "K": K, "batch": batch, "median_ms": round(med * 1e3, 3),
            "users_per_s": round(batch / med, 2), "users": len(run.sids)}
@@ -101,7 +121,9 @@ def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar:
         row.update(accepted_levels=round(s["accepted_levels"], 4), target_calls=round(s["target_calls"], 4))
         row.update({f"accept_hist_{i}": c for i, c in enumerate(s["accept_hist"])})
     if ar is not None:
-        row["mismatches"] = sum(a != b for a, b in zip(ar.sids, run.sids))
+        row["mismatches"], ties = count_mismatches(ar, run, tie_tol)
+        if run.scores:
+            row["mismatches_ties"] = ties
     return row
 
 
@@ -128,7 +150,7 @@ def run_bench(target: Decoder, draft: Decoder | None, catalog: Catalog, examples
                     continue
                 engine = make_engine(mode, target, draft, catalog, K, cfg, device)
                 runs[mode] = time_calls(engine_call(engine, catalog, examples, device), batches, cfg.warmup, device)
-            new = [row_for(m, K, batch, r, gt, runs.get("ar") if m != "ar" else None) for m, r in runs.items()]
+            new = [row_for(m, K, batch, r, gt, runs.get("ar") if m != "ar" else None, cfg.tie_tol) for m, r in runs.items()]
             _speedups(new)
             for r in new:
                 rows.append(r)

@@ -60,7 +60,7 @@ def hf_call(hf_model, catalog: Catalog, examples: Sequence[Example], K: int, dev
                                 early_stopping=True, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=1)
         gen = out[:, T:T + L].reshape(len(users), K, L).tolist()
         sids = [[code_of.get(tuple(t - o for t, o in zip(seq, offsets)), -1) for seq in user] for user in gen]
-        return sids, None
+        return sids, [], None
     return call
 
 
@@ -71,7 +71,7 @@ def hf_check_equal(model: Decoder, catalog: Catalog, examples: Sequence[Example]
 
     hf = to_transformers(model)
     dev = next(model.parameters()).device
-    sids, _ = hf_call(hf, catalog, examples, K, dev)(list(range(len(examples))))
+    sids, _, _ = hf_call(hf, catalog, examples, K, dev)(list(range(len(examples))))
     prompts = build_prompts(catalog.vocab, catalog.index, [e.history for e in examples]).to(dev)
     ours = beam_search(model, catalog.trie.to(dev), prompts, K).sids.tolist()
     return sum(a != b for a, b in zip(ours, sids))

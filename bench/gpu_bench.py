@@ -25,7 +25,9 @@ from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.data.vocab import build_prompts  # noqa: E402
 from recspec.decoding.beam_search import beam_search  # noqa: E402
 from recspec.evaluation.bench import BenchConfig, make_engine, run_bench  # noqa: E402
+from recspec.evaluation.evaluate import evaluate  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
+from recspec.models.hf import load_checkpoint  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
 from recspec.training.train import train  # noqa: E402
 
@@ -102,6 +104,8 @@ def main():
     ap.add_argument("--users-b64", type=int, default=512)
     ap.add_argument("--hf-users", type=int, default=30)
     ap.add_argument("--Ks", default="1,5,10,20")
+    ap.add_argument("--N1", type=int, default=128, help="draft beams at batch 1 (a wide tree is cheap there)")
+    ap.add_argument("--gamma", type=int, default=3)
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -109,7 +113,7 @@ def main():
     cat = open_catalog(args.data)
     test = list(cat.data.test)
     smoke(cat, test)
-    tcfg = TrainConfig(epochs=12, batch_size=256, lr=4e-4, warmup_steps=60, eval_users=500, time_limit_s=args.target_time)
+    tcfg = TrainConfig(epochs=8, batch_size=128, lr=2e-4, warmup_steps=100, eval_users=500, time_limit_s=args.target_time)
     target = train_model(cat, TARGET, "/tmp/rs/target", tcfg, 0)
     dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=500, time_limit_s=args.draft_time)
     draft = train_model(cat, DRAFT, "/tmp/rs/draft", dcfg, 1)
@@ -120,8 +124,9 @@ def main():
     hf = to_transformers(target)
     rows = []
     Ks = tuple(int(k) for k in args.Ks.split(","))
-    for batch, users, hf_users in ((1, args.users, args.hf_users), (64, args.users_b64, 128)):
-        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=40, gamma=3,
+    profile(target, draft, cat, test)
+    for batch, users, hf_users, N in ((1, args.users, args.hf_users, args.N1), (64, args.users_b64, 128, 40)):
+        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=args.gamma,
                           cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol)
         try:
             rows += run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r))
@@ -132,6 +137,8 @@ def main():
     step = ar_step_ms(target, cat, test, 10)
     for r in rows:
         r["drafter"] = "ce" if r["mode"].startswith("spec") else None
+        if r["drafter"]:
+            r.update(draft_beams=args.N1 if r["batch"] == 1 else 40, gamma=args.gamma)
         if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10:
             r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         if r["drafter"] is None:
@@ -139,7 +146,7 @@ def main():
     extra = {"target_params": tp, "draft_params": dp, "copy_bandwidth_GBps": round(bw / 1e9, 1),
              "seconds": round(time.time() - t0, 1)}
     path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), "cuda",
-                         command="PYTHONPATH=src python bench/gpu_bench.py --data .data/beauty", extra=extra)
+                         command="PYTHONPATH=src python3 " + " ".join(sys.argv), extra=extra)
     log("wrote", path, json.dumps(extra))
     print(f"{'mode':13s} {'K':>3s} {'b':>3s} {'ms':>9s} {'u/s':>8s} {'xAR':>6s} {'xHF':>6s} {'acc':>5s} {'calls':>5s} {'mis':>4s} {'R@K':>6s}")
     for r in rows:

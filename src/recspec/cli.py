@@ -147,7 +147,7 @@ def _read_histories(path: str) -> list[list[int]]:
 
 
 @app.command()
-def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 12,
+def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 8,
          time_limit_s: float = typer.Option(480.0, help="training time cap"), size: str = "demo"):
     """The main job: SIDs for MovieLens-100K, a small target trained on the CPU, evaluation vs popularity."""
     from rich.table import Table

@@ -23,8 +23,9 @@ class DemoConfig:
     data: str = "ml-100k"  # data spec: a folder or 'ml-100k'
     out: str = "runs/demo"  # run folder (index, checkpoints, report)
     size: str = "demo"  # model preset
-    epochs: int = 12  # training passes
+    epochs: int = 8  # training passes
     time_limit_s: float = 480.0  # training stops (and checkpoints) after this long
+    window_stride: int = 20  # items between training windows (each item is a target once)
     batch_size: int = 32  # sequences per step
     lr: float = 3e-3  # peak learning rate
     seed: int = 0
@@ -43,7 +44,7 @@ def run_demo(cfg: DemoConfig, on_log=None, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     model = Decoder(model_config(cat, cfg.size))
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, time_limit_s=cfg.time_limit_s,
-                       seed=cfg.seed, eval_users=300, warmup_steps=50)
+                       seed=cfg.seed, eval_users=300, warmup_steps=50, window_stride=cfg.window_stride)
     result = train(model, cat.data, cat.index, cat.vocab, cat.trie, tcfg, os.path.join(cfg.out, "target"),
                    on_log=on_log, progress=progress)
     best, meta = load_checkpoint(result.checkpoint)

@@ -46,7 +46,28 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> Decoder:
         res = train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, progress=False,
                     on_log=lambda r: log(r) if r.get("event") == "eval" else None)
     log("trained", out, res)
-    return model.to(torch.bfloat16).eval()
+    best, _ = load_checkpoint(res.checkpoint, device="cuda")
+    test = list(cat.data.test)[:1000]
+    log("test (1000 users) fp32:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
+    best = best.to(torch.bfloat16).eval()
+    log("test (1000 users) bf16:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
+    return best
+
+
+def profile(target, draft, cat, examples):
+    """Top CUDA kernels of one eager AR call (b=1) and one eager strict call (b=64), K=10."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    for mode, b in (("ar", 1), ("spec-strict", 64)):
+        eng = make_engine(mode, target, draft, cat, 10, BenchConfig(draft_beams=40), "cuda")
+        prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:b]]).to("cuda")
+        eng.run(prompts)
+        torch.cuda.synchronize()
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            eng.run(prompts)
+            torch.cuda.synchronize()
+        print(f"--- profile {mode} b={b} (eager)")
+        print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
 def copy_bandwidth() -> float:
@@ -113,7 +134,7 @@ def main():
     cat = open_catalog(args.data)
     test = list(cat.data.test)
     smoke(cat, test)
-    tcfg = TrainConfig(epochs=8, batch_size=128, lr=2e-4, warmup_steps=100, eval_users=500, time_limit_s=args.target_time)
+    tcfg = TrainConfig(epochs=8, batch_size=128, lr=4e-4, warmup_steps=100, eval_users=500, time_limit_s=args.target_time)
     target = train_model(cat, TARGET, "/tmp/rs/target", tcfg, 0)
     dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=500, time_limit_s=args.draft_time)
     draft = train_model(cat, DRAFT, "/tmp/rs/draft", dcfg, 1)

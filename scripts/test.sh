@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-python3 -m pytest tests -q -p no:cacheprovider
+python3 -m pytest tests -p no:cacheprovider --durations=5

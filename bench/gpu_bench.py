@@ -49,7 +49,7 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> Decoder:
     best, _ = load_checkpoint(res.checkpoint, device="cuda")
     test = list(cat.data.test)[:1000]
     log("test (1000 users) fp32:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
-    best = best.to(torch.bfloat16).eval()
+    best = best.to(torch.bfloat16).eval().fuse_for_inference()
     log("test (1000 users) bf16:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
     return best
 
@@ -127,6 +127,8 @@ def main():
     ap.add_argument("--Ks", default="1,5,10,20")
     ap.add_argument("--N1", type=int, default=128, help="draft beams at batch 1 (a wide tree is cheap there)")
     ap.add_argument("--gamma", type=int, default=3)
+    ap.add_argument("--gamma1", type=int, default=4, help="draft depth at batch 1")
+    ap.add_argument("--lr", type=float, default=1e-3, help="target learning rate")
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -134,7 +136,7 @@ def main():
     cat = open_catalog(args.data)
     test = list(cat.data.test)
     smoke(cat, test)
-    tcfg = TrainConfig(epochs=8, batch_size=128, lr=4e-4, warmup_steps=100, eval_users=500, time_limit_s=args.target_time)
+    tcfg = TrainConfig(epochs=6, batch_size=64, lr=args.lr, warmup_steps=200, eval_users=500, time_limit_s=args.target_time)
     target = train_model(cat, TARGET, "/tmp/rs/target", tcfg, 0)
     dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=500, time_limit_s=args.draft_time)
     draft = train_model(cat, DRAFT, "/tmp/rs/draft", dcfg, 1)
@@ -146,8 +148,9 @@ def main():
     rows = []
     Ks = tuple(int(k) for k in args.Ks.split(","))
     profile(target, draft, cat, test)
-    for batch, users, hf_users, N in ((1, args.users, args.hf_users, args.N1), (64, args.users_b64, 128, 40)):
-        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=args.gamma,
+    for batch, users, hf_users, N, gamma in ((1, args.users, args.hf_users, args.N1, args.gamma1),
+                                             (64, args.users_b64, 128, 40, args.gamma)):
+        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma,
                           cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol)
         try:
             rows += run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r))
@@ -159,7 +162,7 @@ def main():
     for r in rows:
         r["drafter"] = "ce" if r["mode"].startswith("spec") else None
         if r["drafter"]:
-            r.update(draft_beams=args.N1 if r["batch"] == 1 else 40, gamma=args.gamma)
+            r.update(draft_beams=args.N1 if r["batch"] == 1 else 40, gamma=args.gamma1 if r["batch"] == 1 else args.gamma)
         if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10:
             r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         if r["drafter"] is None:

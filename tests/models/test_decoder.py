@@ -214,3 +214,22 @@ def test_check_fits(saved):
         check_fits(meta, VOCAB, "feedfeedfeedfeed", "ck")
     with pytest.raises(CheckpointError, match=r"no recspec.json"):
         check_fits(None, VOCAB, META.index_fingerprint, "ck")
+
+
+def test_fused_inference_weights_give_the_same_logits():
+    """fuse_for_inference (one q/k/v GEMM, one gate/up GEMM) computes the same function."""
+    import torch
+
+    from recspec.config import ModelConfig
+    from recspec.models.decoder import Decoder
+
+    torch.manual_seed(3)
+    model = Decoder(ModelConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                intermediate_size=48)).eval()
+    tokens = torch.randint(0, 40, (2, 9))
+    with torch.no_grad():
+        plain = model.forward_train(tokens)
+        fused = model.fuse_for_inference().forward_train(tokens)
+        again = model.unfuse().forward_train(tokens)
+    assert torch.allclose(plain, fused, atol=1e-5)
+    assert torch.equal(plain, again)

@@ -24,6 +24,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and not torch.is_grad_enabled():  # inference on GPU: one fused kernel
+            return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -56,10 +58,15 @@ class Attention(nn.Module):
 
     def _qkv(self, x, cos, sin):
         B, Q, _ = x.shape
-        hd = self.cfg.head_dim
-        q = self.q_proj(x).view(B, Q, self.cfg.num_heads, hd).transpose(1, 2)  # (B, H, Q, D)
-        k = self.k_proj(x).view(B, Q, self.cfg.num_kv_heads, hd).transpose(1, 2)  # (B, Hkv, Q, D)
-        v = self.v_proj(x).view(B, Q, self.cfg.num_kv_heads, hd).transpose(1, 2)
+        hd, H, Hkv = self.cfg.head_dim, self.cfg.num_heads, self.cfg.num_kv_heads
+        fused = getattr(self, "qkv_weight", None)
+        if fused is not None:  # inference: one GEMM, one RoPE pass over q and k together
+            qkv = F.linear(x, fused).view(B, Q, H + 2 * Hkv, hd).transpose(1, 2)  # (B, H + 2Hkv, Q, D)
+            qk = apply_rope(qkv[:, : H + Hkv], cos, sin)
+            return qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
+        q = self.q_proj(x).view(B, Q, H, hd).transpose(1, 2)  # (B, H, Q, D)
+        k = self.k_proj(x).view(B, Q, Hkv, hd).transpose(1, 2)  # (B, Hkv, Q, D)
+        v = self.v_proj(x).view(B, Q, Hkv, hd).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: KVCache | None, slots) -> torch.Tensor:
@@ -85,6 +92,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
+        fused = getattr(self, "gate_up_weight", None)
+        if fused is not None:  # inference: one GEMM for gate and up
+            gate, up = F.linear(x, fused).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -146,6 +157,23 @@ class Decoder(nn.Module):
         """tokens (B, T), right-padded -> logits (B, T, V) under causal attention, positions 0..T-1."""
         pos = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
         return self.lm_head(self.hidden(tokens, pos))
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> "Decoder":
+        """Concatenate q/k/v and gate/up weights into single GEMMs (fewer, larger kernels).
+
+        A snapshot: call again after the weights change; `unfuse()` drops it (training does)."""
+        for block in self.model.layers:
+            a, m = block.self_attn, block.mlp
+            a.qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], dim=0)
+            m.gate_up_weight = torch.cat([m.gate_proj.weight, m.up_proj.weight], dim=0)
+        return self
+
+    def unfuse(self) -> "Decoder":
+        for block in self.model.layers:
+            block.self_attn.qkv_weight = None
+            block.mlp.gate_up_weight = None
+        return self
 
     def new_cache(self, batch: int, slots: int, dtype=None, device=None) -> KVCache:
         p = self.lm_head.weight

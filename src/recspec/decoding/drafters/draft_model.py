@@ -21,10 +21,14 @@ from recspec.models.decoder import Decoder
 
 @register("draft-model")
 class DraftModelDrafter:
-    def __init__(self, model: Decoder, trie: SIDTrie, N: int):
+    def __init__(self, model: Decoder, trie: SIDTrie, N: int, expand: float = 2.0):
+        """expand: below the first drafted level, top-N drafting extends only the draft's best
+        expand * K nodes of the level above (0: all N). Deep SID levels branch little, so plain top-N
+        fills the tree with the only children of unlikely parents and drops the second children of the
+        likely ones, which the target's top-K needs."""
         if model.cfg.vocab_size != trie.vocab_size:
             raise CheckpointError(f"draft vocabulary ({model.cfg.vocab_size} tokens) differs from the SID trie's ({trie.vocab_size})")
-        self.model, self.trie, self.N = model, trie, N
+        self.model, self.trie, self.N, self.expand = model, trie, N, expand
 
     def start(self, prompts: Prompts, layout: Layout) -> None:
         """Prefill the draft's cache. Buffers are reused while the shape holds (static for CUDA graphs)."""
@@ -61,8 +65,11 @@ class DraftModelDrafter:
         B, V, N = scores.shape[0], logp.shape[-1], self.N
         P = max(N, scores.shape[1])
         levels: list[tuple] = []
+        keep = min(N, int(self.expand * frontier.scores.shape[1])) if self.expand > 0 else N
         for j in range(depth):
             cand = candidate_scores(scores, logp, self.trie.allowed(states))  # (B, M, V)
+            if j > 0 and not sample and keep < cand.shape[1]:  # nodes are best-first: extend the top `keep`
+                cand = torch.cat([cand[:, :keep], torch.full_like(cand[:, keep:], float("-inf"))], dim=1)
             parent, token, score, draws, logq = self._select(cand, sample, generator)
             levels.append((token, parent, torch.isfinite(score), draws, _pad_rows(logq, P)))
             states = self.trie.step(gather_rows(states, parent), token)

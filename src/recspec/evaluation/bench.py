@@ -41,6 +41,7 @@ class BenchConfig:
     hf_max_batch: int = 0  # largest batch HF is timed at (0: all)
     tie_tol: float = 1e-4  # a list differing from AR's where the two scores at the first differing rank
     #                        are this close is counted as a tie (floating-point noise), not an error
+    relaxed_beams: int = 0  # N for "spec-relaxed" (0: draft_beams); its verification loops over the N draws
 
 
 @dataclass
@@ -87,7 +88,7 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
 
 def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
     trie = catalog.trie.to(device)
-    N = max(cfg.draft_beams, K)
+    N = max(cfg.relaxed_beams if mode == "spec-relaxed" and cfg.relaxed_beams else cfg.draft_beams, K)
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not cfg.cuda_graphs else None
     drafter = DraftModelDrafter(draft, trie, N) if mode != "ar" else None
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
@@ -110,11 +111,39 @@ def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:
     return diff, ties
 
 
+def audit_ties(reference: Decoder, catalog: Catalog, examples: Sequence[Example], ar: ModeRun, run: ModeRun,
+               device) -> tuple[int, float, float]:
+    """Re-score, under `reference` (the fp32 target), both lists of every user whose list differs from AR's.
+
+    Returns (ties, largest fp32 gap at a first differing rank, largest |run score - fp32 score|).
+    A user is a tie when the fp32 scores of the two items at the first differing rank differ by no
+    more than twice the largest rounding error measured on that user's two lists: the two orders are
+    then equally right up to the precision the lists were decoded in."""
+    from recspec.decoding.rescore import sid_scores
+
+    trie = catalog.trie.to(device)
+    ties, max_gap, max_noise = 0, 0.0, 0.0
+    for i, (a, b) in enumerate(zip(ar.sids, run.sids)):
+        if a == b:
+            continue
+        prompts = build_prompts(catalog.vocab, catalog.index, [examples[i].history]).to(device)
+        s32 = sid_scores(reference, trie, prompts, torch.tensor([a, b], device=device).reshape(1, -1))[0].cpu()
+        k = len(a)
+        got = torch.tensor(ar.scores[i] + run.scores[i])
+        ok = torch.isfinite(s32) & torch.isfinite(got)
+        noise = float((s32 - got)[ok].abs().max()) if ok.any() else 0.0
+        j = next(t for t, (x, y) in enumerate(zip(a, b)) if x != y)
+        gap = abs(float(s32[j] - s32[k + j]))
+        ties += int(gap <= 2 * noise)
+        max_gap, max_noise = max(max_gap, gap), max(max_noise, noise)
+    return ties, max_gap, max_noise
+
+
 def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar: ModeRun | None,
-            tie_tol: float = 1e-4) -> dict:
+            tie_tol: float = 1e-4, drafter: str | None = None) -> dict:
     med = statistics.median(run.times_s)
-    row = {"task": "topk", "mode": mode, "K": K, "batch": batch, "median_ms": round(med * 1e3, 3),
-           "users_per_s": round(batch / med, 2), "users": len(run.sids)}
+    row = {"task": "topk", **({"drafter": drafter} if drafter is not None else {}), "mode": mode, "K": K,
+           "batch": batch, "median_ms": round(med * 1e3, 3), "users_per_s": round(batch / med, 2), "users": len(run.sids)}
     row.update({k: round(v, 5) for k, v in ranking_metrics(run.sids, gt[: len(run.sids)], [K]).items()})
     if run.stats.accepted:
         s = run.stats.summary()
@@ -127,16 +156,21 @@ def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar:
     return row
 
 
-def run_bench(target: Decoder, draft: Decoder | None, catalog: Catalog, examples: Sequence[Example],
-              cfg: BenchConfig, device="cpu", hf_model=None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every (K, batch, mode) on the same users; speedups are filled in against "ar" and "hf"."""
+def run_bench(target: Decoder, draft: Decoder | dict[str, Decoder] | None, catalog: Catalog,
+              examples: Sequence[Example], cfg: BenchConfig, device="cpu", hf_model=None,
+              on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every (K, batch, mode) on the same users; speedups are filled in against "ar" and "hf".
+
+    draft: one draft model, or {name: draft}: then every spec mode is timed once per draft, on the
+    same users and against the same AR run, and its rows carry "drafter": name."""
     gt = target_sids(catalog.trie, examples)
+    drafts = draft if isinstance(draft, dict) else ({} if draft is None else {None: draft})
     rows = []
     for K in cfg.Ks:
         for batch in cfg.batches:
             n = cfg.users - cfg.users % batch or batch
             batches = [list(range(s, s + batch)) for s in range(0, min(n, len(examples)), batch)]
-            runs: dict[str, ModeRun] = {}
+            runs: dict[tuple[str, str | None], ModeRun] = {}  # (mode, drafter name) -> run
             for mode in cfg.modes:
                 if mode == "hf":
                     if hf_model is None or (cfg.hf_max_batch and batch > cfg.hf_max_batch):
@@ -144,13 +178,13 @@ def run_bench(target: Decoder, draft: Decoder | None, catalog: Catalog, examples
                     from recspec.evaluation.hf_baseline import hf_call
 
                     hb = batches[: max(1, (cfg.hf_users or n) // batch)]
-                    runs[mode] = time_calls(hf_call(hf_model, catalog, examples, K, device), hb, min(cfg.warmup, 1), device)
+                    runs[mode, None] = time_calls(hf_call(hf_model, catalog, examples, K, device), hb, min(cfg.warmup, 1), device)
                     continue
-                if mode != "ar" and draft is None:
-                    continue
-                engine = make_engine(mode, target, draft, catalog, K, cfg, device)
-                runs[mode] = time_calls(engine_call(engine, catalog, examples, device), batches, cfg.warmup, device)
-            new = [row_for(m, K, batch, r, gt, runs.get("ar") if m != "ar" else None, cfg.tie_tol) for m, r in runs.items()]
+                for name, d in (drafts.items() if mode != "ar" else [(None, None)]):
+                    engine = make_engine(mode, target, d, catalog, K, cfg, device)
+                    runs[mode, name] = time_calls(engine_call(engine, catalog, examples, device), batches, cfg.warmup, device)
+            ar = runs.get(("ar", None))
+            new = [row_for(m, K, batch, r, gt, ar if m != "ar" else None, cfg.tie_tol, name) for (m, name), r in runs.items()]
             _speedups(new)
             for r in new:
                 rows.append(r)

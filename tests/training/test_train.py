@@ -18,7 +18,8 @@ from recspec.errors import CheckpointError
 from recspec.evaluation.evaluate import evaluate, evaluate_popularity
 from recspec.models.decoder import Decoder
 from recspec.models.hf import load_checkpoint
-from recspec.training.train import lr_at, train
+from recspec.training.loop import lr_at
+from recspec.training.train import train
 
 NUM_ITEMS = 30
 

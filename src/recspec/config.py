@@ -94,3 +94,39 @@ def from_dict(cls, d: dict):
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
     return cls(**d)
+
+
+OBJECTIVE_NAMES = ("ce", "wordkd", "tvd", "seqkd", "atspeed-s", "atspeed-r")  # training/distill.py OBJECTIVES
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """One draft-alignment run (training/distill.py): a draft learns from the target's teacher data."""
+
+    objective: str = "atspeed-s"  # one of OBJECTIVE_NAMES
+    alpha: float = 0.7  # loss = (1 - alpha) * CE(ground truth) + alpha * alignment loss (not for "ce")
+    K: int = 10  # AtSpeed-S: the student's top-K tokens its reverse KL runs over
+    beta: float = 1.0  # AtSpeed-S: weight of the density (entropy) term
+    epochs: int = 10  # passes over the teacher examples
+    batch_size: int = 64  # teacher examples per optimiser step (and users per validation decoding call)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # max gradient norm
+    eval_every: int = 0  # validate every N steps (0: once per epoch)
+    eval_users: int = 200  # validation users decoded (strict and relaxed) at each validation
+    eval_K: int = 10  # target beams K of the validation decoding
+    draft_beams: int = 40  # N draft beams of the validation decoding (raised to eval_K where smaller)
+    gamma: int = 3  # draft depth of the validation decoding
+    seed: int = 0  # shuffling, initialisation, relaxed verification's sampling
+    max_steps: int = 0  # stop after this many steps (0: no limit)
+    time_limit_s: float = 0.0  # stop after this many seconds (0: no limit)
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVE_NAMES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVE_NAMES)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.K < 1 or self.eval_K < 1 or self.gamma < 1 or self.batch_size < 1:
+            raise ValueError("K, eval_K, gamma and batch_size must be >= 1")

@@ -327,6 +327,7 @@ class TeacherData:
             raise DataError(f"{path}: teacher data is incomplete; rerun the generation to finish it")
         self.vocab = Vocab.from_dict(self.manifest["vocab"])
         self.masks = path_masks(self.vocab)  # (L + 1, V)
+        self._loaded: tuple[int | None, dict | None] = (None, None)  # (shard, its fields): the last read
 
     def __len__(self) -> int:
         return int(self.manifest["num_examples"])
@@ -353,12 +354,29 @@ class TeacherData:
         return TeacherBatch(prompts, fields["tokens"][rows].long().to(device), dense_logp(sp, masks), masks,
                             fields["beam_score"][rows].to(device), fields["example"][rows].long().to(device))
 
-    def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, device="cpu") -> Iterator[TeacherBatch]:
-        """One epoch: shards in random order, examples shuffled inside each shard (deterministic
-        given (seed, epoch)); a shard's last batch may be smaller."""
+    def shard_sizes(self) -> list[int]:
+        """Examples per shard, from the manifest (no shard is read)."""
+        n, size = len(self), int(self.manifest["shard_size"])
+        return [min(size, n - s * size) for s in range(len(self.manifest["shards"]))]
+
+    def epoch_plan(self, batch_size: int, seed: int = 0, epoch: int = 0) -> list[tuple[int, torch.Tensor]]:
+        """One epoch's batches as (shard, example rows (b,) of that shard): shards in random order,
+        examples shuffled inside each shard (deterministic given (seed, epoch)); a shard's last
+        batch may be smaller. Reads no shard, so a resumed run can skip the batches it has done."""
         rng = np.random.default_rng([seed, epoch])
-        for s in rng.permutation(len(self.manifest["shards"])):
-            fields = self.shard(int(s))
-            perm = torch.from_numpy(rng.permutation(len(fields["example"])))
-            for b in range(0, len(perm), batch_size):
-                yield self.batch(fields, perm[b:b + batch_size], device)
+        sizes, plan = self.shard_sizes(), []
+        for s in rng.permutation(len(sizes)):
+            perm = torch.from_numpy(rng.permutation(sizes[s]))
+            plan += [(int(s), perm[b:b + batch_size]) for b in range(0, len(perm), batch_size)]
+        return plan
+
+    def load_batch(self, shard: int, rows: torch.Tensor, device="cpu") -> TeacherBatch:
+        """Examples `rows` (b,) of shard `shard` -> a TeacherBatch; the last shard read stays in memory."""
+        if self._loaded[0] != shard:
+            self._loaded = (shard, self.shard(shard))
+        return self.batch(self._loaded[1], rows, device)
+
+    def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, device="cpu") -> Iterator[TeacherBatch]:
+        """One epoch of `epoch_plan`'s batches, one shard in memory at a time."""
+        for shard, rows in self.epoch_plan(batch_size, seed, epoch):
+            yield self.load_batch(shard, rows, device)

@@ -15,6 +15,8 @@ from recspec.errors import RecSpecError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast generative recommendation with speculative decoding.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect data and build semantic IDs.")
 app.add_typer(data_app, name="data")
+distill_app = typer.Typer(no_args_is_help=True, help="Draft alignment: teacher data, draft training, the experiment.")
+app.add_typer(distill_app, name="distill")
 
 DATA = typer.Argument(..., help="data folder (sequential txt, LC-Rec json or RecBole atomic) or 'ml-100k'")
 INDEX_DIR = typer.Option(None, "--index-dir", help="where built SIDs are kept (catalogues without an index)")
@@ -215,7 +217,7 @@ def _print_rows(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table()
-    cols = ["mode", "K", "batch", "median_ms", "speedup_vs_ar", "speedup_vs_hf", "accepted_levels", "target_calls", "mismatches"]
+    cols = ["drafter", "mode", "K", "batch", "median_ms", "speedup_vs_ar", "speedup_vs_hf", "accepted_levels", "target_calls", "mismatches"]
     for c in cols:
         table.add_column(c)
     table.add_column("recall / ndcg @K")
@@ -224,6 +226,151 @@ def _print_rows(rows: list[dict]) -> None:
         q = "%.4f / %.4f" % (r.get(f"recall@{k}", 0.0), r.get(f"ndcg@{k}", 0.0))
         table.add_row(*[str(r.get(c, "")) for c in cols], q)
     Console().print(table)
+
+
+# --- distill ---------------------------------------------------------------------------------------
+TARGET = typer.Option(..., help="target checkpoint folder")
+TEACHER = typer.Option(..., help="teacher data folder (recspec distill teacher)")
+
+
+def _checked(build, *args, **kw):
+    """Build a config / model config; a bad value becomes a one-line error."""
+    try:
+        return build(*args, **kw)
+    except ValueError as e:
+        raise RecSpecError(str(e)) from None
+
+
+def _catalog_and_target(data: str, target: str, index_dir: Optional[str], device: str, threads: int):
+    import torch
+
+    from recspec.data.catalog import open_catalog
+    from recspec.models.hf import check_fits, load_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    cat = open_catalog(data, index_dir=index_dir or os.path.dirname(os.path.normpath(target)))
+    model, meta = load_checkpoint(target, device=device)
+    check_fits(meta, cat.vocab, cat.index.fingerprint(), target)
+    return cat, model
+
+
+def _distill_log(r: dict) -> None:
+    if r.get("event") in ("eval", "best"):
+        _console().log(r)
+
+
+@distill_app.command("teacher")
+def distill_teacher(data: str = DATA, target: str = TARGET,
+                    out: str = typer.Option(..., help="teacher data folder (a rerun resumes it)"),
+                    K_prime: int = typer.Option(20, "--K-prime", help="teacher beams per example"),
+                    batch_size: int = typer.Option(64, help="examples per target call"),
+                    max_examples: int = typer.Option(0, help="first N training examples only (0: all)"),
+                    keep: int = typer.Option(64, help="log-probabilities stored per position"),
+                    index_dir: Optional[str] = INDEX_DIR, threads: int = 0, device: str = "cpu"):
+    """Write the target's teacher data (ground-truth and top-K' beam distributions) for every training example."""
+    import dataclasses
+
+    from recspec.training.teacher import generate_teacher
+
+    cat, model = _catalog_and_target(data, target, index_dir, device, threads)
+    info = generate_teacher(model, cat.trie, cat.vocab, cat.index, cat.data, out, K_prime=K_prime,
+                            batch_size=batch_size, max_examples=max_examples or None, keep=keep)
+    print(json.dumps(dataclasses.asdict(info)))
+
+
+def _open_teacher(folder: str, target, cat):
+    from recspec.training.distill import check_teacher
+    from recspec.training.teacher import TeacherData
+
+    teacher = TeacherData(folder)
+    check_teacher(teacher, target, cat)
+    return teacher
+
+
+@distill_app.command("train")
+def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER,
+                  objective: str = typer.Option(..., help="ce, wordkd, tvd, seqkd, atspeed-s or atspeed-r"),
+                  out: str = typer.Option(..., help="run folder (checkpoints, resume)"),
+                  size: str = typer.Option("draft", help="draft model preset: tiny, draft, demo, small, ..."),
+                  epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, alpha: float = 0.7,
+                  K: int = typer.Option(10, "--K", help="AtSpeed-S top-K"), warmup_steps: int = 100,
+                  eval_users: int = 200, eval_every: int = 0, eval_K: int = typer.Option(10, "--eval-K"),
+                  draft_beams: int = 40, gamma: int = 3, max_steps: int = 0, time_limit_s: float = 0.0,
+                  threads: int = 0, seed: int = 0, device: str = "cpu", index_dir: Optional[str] = INDEX_DIR):
+    """Train a draft on teacher data with one alignment objective; best/ = most accepted levels on validation."""
+    import dataclasses
+
+    import torch
+
+    from recspec.config import DistillConfig
+    from recspec.demo import model_config
+    from recspec.models.decoder import Decoder
+    from recspec.training.distill import distill
+
+    cfg = _checked(DistillConfig, objective=objective, alpha=alpha, K=K, epochs=epochs, batch_size=batch_size, lr=lr,
+                   warmup_steps=warmup_steps, eval_every=eval_every, eval_users=eval_users, eval_K=eval_K,
+                   draft_beams=draft_beams, gamma=gamma, seed=seed, max_steps=max_steps, time_limit_s=time_limit_s,
+                   threads=threads)
+    cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
+    td = _open_teacher(teacher, tgt, cat)
+    torch.manual_seed(seed)
+    draft = Decoder(_checked(model_config, cat, size)).to(device)
+    res = distill(draft, tgt, td, cat, cfg, out, on_log=_distill_log)
+    print(json.dumps(_json_safe(dataclasses.asdict(res))))
+
+
+def _json_safe(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}  # NaN -> null
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise RecSpecError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+@distill_app.command("experiment")
+def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TEACHER,
+                       out_dir: str = typer.Option(..., help="one run folder per objective (reused when finished)"),
+                       results: Optional[str] = typer.Option(None, help="results json (default bench/results/distill_<data>.json)"),
+                       objectives: str = "ce,wordkd,tvd,seqkd,atspeed-s,atspeed-r",
+                       size: str = typer.Option("draft", help="draft model preset"), epochs: int = 10, lr: float = 1e-3,
+                       batch_size: int = typer.Option(64, help="teacher examples per step"), alpha: float = 0.7,
+                       time_limit_s: float = typer.Option(0.0, help="training time cap per draft (0: none)"),
+                       eval_users: int = 200, K: str = typer.Option("1,5,10,20", "--K", help="target beams, timed"),
+                       users: int = typer.Option(200, help="test users timed per (mode, K)"),
+                       batch: str = typer.Option("1", help="users per call, timed"), draft_beams: int = 40,
+                       gamma: int = 3, warmup: int = 3, threads: int = 0, seed: int = 0, device: str = "cpu",
+                       index_dir: Optional[str] = INDEX_DIR):
+    """Train one draft per objective, then time AR and strict / relaxed spec decoding with each -> JSON + PNG."""
+    import dataclasses
+
+    from recspec.config import DistillConfig, to_dict
+    from recspec.demo import model_config
+    from recspec.evaluation.bench import BenchConfig
+    from recspec.evaluation.report import plot_acceptance, write_results
+    from recspec.training.distill_experiment import ExperimentConfig, run_experiment
+
+    names = tuple(objectives.split(","))
+    for name in names:
+        _checked(DistillConfig, objective=name)
+    dcfg = _checked(DistillConfig, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, eval_users=eval_users,
+                    draft_beams=draft_beams, gamma=gamma, seed=seed, time_limit_s=time_limit_s, threads=threads)
+    bcfg = BenchConfig(Ks=_ints(K, "--K"), batches=_ints(batch, "--batch"), users=users, warmup=warmup,
+                       draft_beams=draft_beams, gamma=gamma, modes=("ar", "spec-strict", "spec-relaxed"), seed=seed)
+    cfg = ExperimentConfig(objectives=names, size=size, distill=dcfg, bench=bcfg)
+    cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
+    _checked(model_config, cat, size)  # an unknown size fails now, not after the teacher checks
+    td = _open_teacher(teacher, tgt, cat)
+    rows, trained = run_experiment(tgt, td, cat, cfg, out_dir, on_log=_distill_log)
+    path = write_results(rows, results or f"bench/results/distill_{cat.data.name}.json", device,
+                         extra={"experiment": to_dict(cfg),
+                                "drafts": {n: _json_safe(dataclasses.asdict(r)) for n, r in trained.items()}})
+    png = plot_acceptance(path)
+    _print_rows(rows)
+    print(f"results: {path}  plot: {png}")
 
 
 def main() -> None:

@@ -70,3 +70,41 @@ def plot_results(path: str, png: str | None = None) -> str:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def plot_acceptance(path: str, png: str | None = None) -> str:
+    """A draft-alignment results file -> bars of accepted levels per round (top row) and speedup over
+    AR (bottom row) for every drafter x spec mode, one column per K (the first batch size only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        doc = json.load(f)
+    rows = [r for r in doc["rows"] if r.get("task") == "topk" and "drafter" in r]
+    batch = min(r["batch"] for r in rows)
+    rows = [r for r in rows if r["batch"] == batch]
+    Ks, modes = sorted({r["K"] for r in rows}), sorted({r["mode"] for r in rows})
+    drafters = list(dict.fromkeys(r["drafter"] for r in rows))  # training order
+    fig, axes = plt.subplots(2, len(Ks), figsize=(3.2 * len(Ks) + 1, 6), squeeze=False)
+    width = 0.8 / len(modes)
+    for c, K in enumerate(Ks):
+        at = {(r["drafter"], r["mode"]): r for r in rows if r["K"] == K}
+        for m, mode in enumerate(modes):
+            xs = [i + (m - (len(modes) - 1) / 2) * width for i in range(len(drafters))]
+            for ax, key in zip(axes[:, c], ("accepted_levels", "speedup_vs_ar")):
+                ax.bar(xs, [at.get((d, mode), {}).get(key, 0.0) for d in drafters], width, label=mode)
+        axes[0, c].set_title(f"K={K}, batch {batch}")
+        axes[1, c].axhline(1.0, color="grey", lw=0.8)
+        for ax in axes[:, c]:
+            ax.set_xticks(range(len(drafters)), drafters, rotation=45, ha="right", fontsize=8)
+    axes[0, 0].set_ylabel("accepted levels per round")
+    axes[1, 0].set_ylabel("speedup over AR beam search")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(doc["device"][:80], fontsize=9)
+    fig.tight_layout()
+    png = png or os.path.splitext(path)[0] + ".png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

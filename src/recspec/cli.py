@@ -218,6 +218,7 @@ def _print_rows(rows: list[dict]) -> None:
 
     table = Table()
     cols = ["drafter", "mode", "K", "batch", "median_ms", "speedup_vs_ar", "speedup_vs_hf", "accepted_levels", "target_calls", "mismatches"]
+    cols = [c for c in cols if any(c in r for r in rows)]  # e.g. no hf column where hf was not run
     for c in cols:
         table.add_column(c)
     table.add_column("recall / ndcg @K")
@@ -338,6 +339,7 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
                        objectives: str = "ce,wordkd,tvd,seqkd,atspeed-s,atspeed-r",
                        size: str = typer.Option("draft", help="draft model preset"), epochs: int = 10, lr: float = 1e-3,
                        batch_size: int = typer.Option(64, help="teacher examples per step"), alpha: float = 0.7,
+                       warmup_steps: int = 100, eval_every: int = 0,
                        time_limit_s: float = typer.Option(0.0, help="training time cap per draft (0: none)"),
                        eval_users: int = 200, K: str = typer.Option("1,5,10,20", "--K", help="target beams, timed"),
                        users: int = typer.Option(200, help="test users timed per (mode, K)"),
@@ -356,8 +358,9 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
     names = tuple(objectives.split(","))
     for name in names:
         _checked(DistillConfig, objective=name)
-    dcfg = _checked(DistillConfig, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, eval_users=eval_users,
-                    draft_beams=draft_beams, gamma=gamma, seed=seed, time_limit_s=time_limit_s, threads=threads)
+    dcfg = _checked(DistillConfig, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                    eval_every=eval_every, eval_users=eval_users, draft_beams=draft_beams, gamma=gamma, seed=seed,
+                    time_limit_s=time_limit_s, threads=threads)
     bcfg = BenchConfig(Ks=_ints(K, "--K"), batches=_ints(batch, "--batch"), users=users, warmup=warmup,
                        draft_beams=draft_beams, gamma=gamma, modes=("ar", "spec-strict", "spec-relaxed"), seed=seed)
     cfg = ExperimentConfig(objectives=names, size=size, distill=dcfg, bench=bcfg)

@@ -101,7 +101,7 @@ def plot_acceptance(path: str, png: str | None = None) -> str:
             ax.set_xticks(range(len(drafters)), drafters, rotation=45, ha="right", fontsize=8)
     axes[0, 0].set_ylabel("accepted levels per round")
     axes[1, 0].set_ylabel("speedup over AR beam search")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="lower right")
     fig.suptitle(doc["device"][:80], fontsize=9)
     fig.tight_layout()
     png = png or os.path.splitext(path)[0] + ".png"

@@ -1,0 +1,116 @@
+"""The `recspec distill` commands end to end on a tiny sequential data set written to disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from recspec import cli
+from recspec.config import OBJECTIVE_NAMES
+from recspec.data.sids import SIDIndex
+from recspec.data.vocab import Vocab
+from recspec.errors import DataError
+from recspec.models.hf import CheckpointMeta, save_checkpoint
+
+NUM_ITEMS = 30
+KS = (1, 2)
+
+
+def write_dataset(folder: Path, codes: np.ndarray) -> SIDIndex:
+    """sequential_{train,valid,test}.txt for 16 users (1-based item ids) and the index (SIDs `codes`)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = {"train": [], "valid": [], "test": []}
+    for u in range(1, 17):
+        for split, n in (("train", int(rng.integers(2, 6))), ("valid", 1), ("test", 1)):
+            lines[split].append(" ".join([str(u)] + [str(int(i) + 1) for i in rng.integers(0, NUM_ITEMS, n)]))
+    for split, rows in lines.items():
+        (folder / f"sequential_{split}.txt").write_text("\n".join(rows) + "\n")
+    index = SIDIndex(codes=codes, level_sizes=(5, 6), prefixes=("a", "b"))
+    index.save(folder / "toy.index.json")
+    return index
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, make_decoder):
+    """A data folder, a tiny random target checkpoint for it, and its teacher data via the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    codes = np.stack([np.arange(NUM_ITEMS) // 6, np.arange(NUM_ITEMS) % 6], axis=1)
+    index = write_dataset(root / "data", codes)
+    vocab = Vocab.for_index(index)
+    save_checkpoint(make_decoder(vocab, seed=3), CheckpointMeta(vocab, index.fingerprint()), root / "target")
+    threads = torch.get_num_threads()
+    res = invoke("teacher", root / "data", "--target", root / "target", "--out", root / "teacher",
+                 "--K-prime", 4, "--batch-size", 16)
+    torch.set_num_threads(threads)
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["num_examples"] > 0 and info["shards_written"] == info["num_shards"]
+    return root
+
+
+def invoke(command: str, *args):
+    res = CliRunner().invoke(cli.app, ["distill", command, *map(str, args), "--threads", "1"])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_experiment_writes_one_row_per_drafter_mode_and_k(toy):
+    out = toy / "bench.json"
+    args = [toy / "data", "--target", toy / "target", "--teacher", toy / "teacher", "--out-dir", toy / "runs",
+            "--results", out, "--size", "tiny", "--epochs", 1, "--batch-size", 16, "--eval-users", 4,
+            "--K", ",".join(map(str, KS)), "--users", 4, "--draft-beams", 4, "--gamma", 2, "--warmup", 1]
+    invoke("experiment", *args)
+    doc = json.loads(out.read_text())
+    assert {"device", "command", "date", "rows"} <= set(doc)
+    rows = doc["rows"]
+    ar = {r["K"]: r for r in rows if r["mode"] == "ar"}
+    spec = {(r["drafter"], r["mode"], r["K"]): r for r in rows if r["mode"] != "ar"}
+    assert sorted(ar) == list(KS) and len(rows) == len(KS) * (1 + 2 * len(OBJECTIVE_NAMES))
+    assert set(spec) == {(o, m, k) for o in OBJECTIVE_NAMES for m in ("spec-strict", "spec-relaxed") for k in KS}
+    for (o, m, k), r in spec.items():
+        assert r["task"] == "topk" and r["batch"] == 1 and r["users"] == 4
+        for key in ("median_ms", "accepted_levels", "target_calls", "speedup_vs_ar", f"recall@{k}", f"ndcg@{k}"):
+            assert np.isfinite(r[key]), (o, m, k, key)
+        assert r["speedup_vs_ar"] == pytest.approx(ar[k]["median_ms"] / r["median_ms"], rel=1e-2)
+        if m == "spec-strict":
+            assert r["mismatches"] == 0  # strict is lossless whatever the draft
+            assert r[f"recall@{k}"] == ar[k][f"recall@{k}"]
+    assert set(doc["drafts"]) == set(OBJECTIVE_NAMES)
+    assert all((toy / "runs" / o / "train_state.json").is_file() for o in OBJECTIVE_NAMES)
+    assert out.with_suffix(".png").stat().st_size > 0
+    weights = [toy / "runs" / o / "last" / "model.safetensors" for o in OBJECTIVE_NAMES]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    invoke("experiment", *args)  # a rerun reuses the finished drafts: no step, no checkpoint written
+    again = json.loads(out.read_text())["drafts"]
+    assert all(again[o]["steps"] == doc["drafts"][o]["steps"] for o in OBJECTIVE_NAMES)
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+
+
+def test_train_refuses_teacher_data_of_another_index(toy, tmp_path, make_decoder):
+    codes = np.stack([np.arange(NUM_ITEMS) // 6, np.arange(NUM_ITEMS) % 6], axis=1)[::-1].copy()
+    index = write_dataset(tmp_path / "data", codes)  # same users and vocabulary, other SIDs
+    vocab = Vocab.for_index(index)
+    save_checkpoint(make_decoder(vocab, seed=3), CheckpointMeta(vocab, index.fingerprint()), tmp_path / "target")
+    with pytest.raises(DataError, match="another SID vocabulary / index"):
+        invoke("train", tmp_path / "data", "--target", tmp_path / "target", "--teacher", toy / "teacher",
+               "--objective", "atspeed-s", "--out", tmp_path / "run")
+
+
+def test_errors_are_one_line(toy, tmp_path, monkeypatch, capsys):
+    argv = ["recspec", "distill", "train", str(toy / "data"), "--target", str(toy / "target"),
+            "--teacher", str(toy / "teacher"), "--out", str(tmp_path / "run"), "--objective"]
+    for objective, message in (("kd", "unknown objective 'kd'"), ("ce", None)):
+        monkeypatch.setattr("sys.argv", argv + [objective, "--size", "huge"])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
+        assert message is None or message in err
+        assert message is not None or "unknown model size 'huge'" in err

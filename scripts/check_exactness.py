@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--N", type=int, default=40, help="draft beams (raised to K where smaller)")
     ap.add_argument("--gamma", type=int, default=3, help="draft depth")
     ap.add_argument("--users", type=int, default=0, help="first N test users (0: all)")
+    ap.add_argument("--skip", type=int, default=0, help="start after this many test users (to shard a full check)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random draft")
     return ap.parse_args(argv)
@@ -84,15 +86,18 @@ def compare(target: Decoder, draft: Decoder, trie: SIDTrie, prompts: list[Prompt
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data, index = load_sequential(args.data)
     vocab = Vocab.for_index(index)
     trie = build_trie(index, vocab).to(args.device)
     target = load_model(args.target, vocab, index, args.device)
     drafts = {d: random_draft(vocab, args.seed, args.device) if d == "random"
               else load_model(d, vocab, index, args.device) for d in args.draft}
-    test = data.test[: args.users] if args.users > 0 else data.test
+    test = data.test[args.skip:]
+    test = test[: args.users] if args.users > 0 else test
     histories = [e.history for e in test]
-    print(f"{data.name}: {len(histories)} test users, target {args.target}, N={args.N}, gamma={args.gamma}")
+    print(f"{data.name}: {len(histories)} test users (from #{args.skip}), target {args.target}, N={args.N}, gamma={args.gamma}")
     failed = False
     for batch in args.batch:
         prompts = batches(vocab, index, histories, batch, args.device)

@@ -5,9 +5,9 @@
 #   bash scripts/check_exactness_sharded.sh TARGET DRAFT DATA LOG [users per shard]
 set -uo pipefail
 TARGET=$1; DRAFT=$2; DATA=$3; LOG=$4; HALF=${5:-1777}
-TMP=$(mktemp -d)
+TMP=$(mktemp -d)  # SHARD_TIMEOUT (seconds, 0: none) stops a shard that runs too long
 for b in 1 32; do for K in 1 5 10 20; do for skip in 0 $HALF; do
-    PYTHONPATH=src python3 scripts/check_exactness.py --target "$TARGET" --draft "$DRAFT" random --data "$DATA" \
+    PYTHONPATH=src timeout "${SHARD_TIMEOUT:-0}" python3 scripts/check_exactness.py --target "$TARGET" --draft "$DRAFT" random --data "$DATA" \
         --batch $b --K $K --skip $skip --users $HALF --threads 1 > "$TMP/b${b}_K${K}_s${skip}.log" 2>&1 &
 done; done; done
 wait

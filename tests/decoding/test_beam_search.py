@@ -13,7 +13,7 @@ import torch
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import EOS, PAD, Vocab, build_prompts, sequence_tokens
-from recspec.decoding.beam_search import BeamResult, beam_search
+from recspec.decoding.beam_search import BeamResult, beam_search, boundary_gap
 
 NUM_USERS = 200  # Beauty users compared with Hugging Face, for every K
 BATCH = 50  # users per beam_search call (left-padded prompts of different lengths)
@@ -182,3 +182,25 @@ def test_k_outside_the_catalogue_is_refused(make_decoder):
     for K in (0, trie.num_sids + 1, TOY.num_items):  # 7 items but only 5 distinct SIDs
         with pytest.raises(ValueError, match=rf"K={K} must be between 1 and the number of distinct items \(5\)"):
             beam_search(model, trie, prompts, K)
+
+
+def test_boundary_gap_by_hand():
+    """Two users, one beam each, V=4: kept scores vs the best dropped allowed candidate."""
+    scores = torch.tensor([[0.0], [-1.0]])
+    logp = torch.tensor([[[-0.1, -0.5, -0.5001, -3.0]], [[-0.2, -0.3, -9.0, -0.25]]])
+    allowed = torch.tensor([[[True, True, True, True]], [[True, False, True, True]]])
+    kept = torch.tensor([[-0.1, -0.5], [-1.2, -1.25]])  # top-2 of each user
+    gap = boundary_gap(scores, logp, allowed, kept)
+    torch.testing.assert_close(gap, torch.tensor([0.0001, 8.75]), atol=1e-6, rtol=0)
+    everything = torch.tensor([[-1.2, -1.25, -10.0]])  # nothing dropped: no near-tie possible
+    assert boundary_gap(scores[1:], logp[1:], allowed[1:], everything).item() == float("inf")
+
+
+def test_audit_leaves_the_search_unchanged(make_decoder):
+    vocab = Vocab.for_index(TOY)
+    trie = build_trie(TOY, vocab)
+    model = make_decoder(vocab, seed=5)
+    prompts = build_prompts(vocab, TOY, [[0, 3], [6], [1, 2, 4]])
+    plain, audited = beam_search(model, trie, prompts, 3), beam_search(model, trie, prompts, 3, audit=True)
+    assert torch.equal(plain.sids, audited.sids) and torch.equal(plain.scores, audited.scores)
+    assert plain.margin is None and audited.margin.shape == (3,) and bool((audited.margin >= 0).all())

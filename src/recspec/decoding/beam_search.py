@@ -25,6 +25,7 @@ class BeamResult:
     sids: torch.Tensor  # (B, K) int64 row of trie.sids (-1: no valid item, only if K > catalogue)
     scores: torch.Tensor  # (B, K) float32 cumulative log-prob, <eos> included
     codes: torch.Tensor  # (B, K, L) int64 token ids of the SID codes
+    margin: torch.Tensor | None = None  # (B,) smallest gap between the K-th kept and the best dropped candidate
 
 
 def topk_extensions(scores: torch.Tensor, logp: torch.Tensor, allowed: torch.Tensor, width: int):
@@ -59,14 +60,27 @@ def sample_extensions(scores, logp, allowed, width, generator):
     return idx // V, idx % V, cand.gather(1, idx)
 
 
+def boundary_gap(scores: torch.Tensor, logp: torch.Tensor, allowed: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """How close a top-K step came to another choice: the K-th kept candidate's score minus the best
+    dropped one's (B,); +inf when nothing was dropped. Inputs as `topk_extensions`, kept (B, K) scores."""
+    B, M, V = logp.shape
+    cand = torch.where(allowed, scores[:, :, None] + logp, torch.full_like(logp, float("-inf"))).reshape(B, M * V)
+    top = cand.topk(min(kept.shape[1] + 1, M * V), dim=-1).values
+    if top.shape[1] <= kept.shape[1]:
+        return torch.full((B,), float("inf"), device=cand.device)
+    return torch.nan_to_num(kept[:, -1] - top[:, -1], nan=float("inf"), posinf=float("inf"))
+
+
 @torch.no_grad()
 def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample: bool = False,
-                generator: torch.Generator | None = None) -> BeamResult:
+                generator: torch.Generator | None = None, audit: bool = False) -> BeamResult:
     """prompts (B users) -> their top-K items under the model's constrained beam search.
 
     sample=True: sampling beam search instead: each step keeps K extensions drawn without
     replacement from the softmax of their cumulative log-probs (the law relaxed speculative
-    decoding follows); the final list is sorted by cumulative log-prob."""
+    decoding follows); the final list is sorted by cumulative log-prob.
+    audit=True (top-K only): also the smallest `boundary_gap` over the steps, to tell a near-tie that
+    rounding may flip from a real disagreement when another search's list differs."""
     check_width(trie, K)
     B, T = prompts.tokens.shape
     L, dev = trie.num_levels, prompts.tokens.device
@@ -78,11 +92,15 @@ def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample:
     state = torch.full((B, 1), trie.ROOT, dtype=torch.int64, device=dev)
     codes = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)
     path = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)  # (B, M, j) cache slots of each beam's tokens
+    margin = torch.full((B,), float("inf"), device=dev)
     for level in range(L + 1):
         if sample:
             parent, token, scores = sample_extensions(scores, logp, trie.allowed(state), K, generator)
         else:
-            parent, token, scores = topk_extensions(scores, logp, trie.allowed(state), K)
+            prev = scores
+            parent, token, scores = topk_extensions(prev, logp, trie.allowed(state), K)
+            if audit:
+                margin = torch.minimum(margin, boundary_gap(prev, logp, trie.allowed(state), scores))
         state = trie.step(_gather(state, parent), token)
         if level == L:
             break
@@ -98,4 +116,4 @@ def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample:
         scores, codes = scores.gather(1, order), _gather(codes, order)
     sids = trie.leaf_sid[trie.walk(codes)]
     sids = torch.where(torch.isfinite(scores), sids, torch.full_like(sids, -1))
-    return BeamResult(sids=sids, scores=scores, codes=codes)
+    return BeamResult(sids=sids, scores=scores, codes=codes, margin=margin if audit and not sample else None)

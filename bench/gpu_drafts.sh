@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# One GPU call: the fp32 'small' Beauty target, a plain-CE draft, the target's teacher data, and one aligned
+# One GPU call: an fp32 Beauty target (preset SIZE, default 'small'), a plain-CE draft, the target's teacher data, and one aligned
 # draft per objective, all trained on the GPU with the CLI; checkpoints land in $OUT for CPU benchmarks.
 #
-#   bash bench/gpu_drafts.sh .data/beauty $OUT [target seconds] [seconds per draft]
+#   bash bench/gpu_drafts.sh .data/beauty $OUT [target seconds] [seconds per draft] [SIZE]
 set -euo pipefail
 DATA=${1:-.data/beauty}
 OUT=${2:-${OUT:-runs/gpu-drafts}}
 TT=${3:-150}
 DT=${4:-35}
+SIZE=${5:-small}
 R=/tmp/rs-drafts
 export PYTHONPATH=src
 CLI="python3 -m recspec.cli"
 rm -rf "$R"; mkdir -p "$R" "$OUT"
 python3 -c "import torch; torch.backends.cuda.matmul.allow_tf32 = False; print(torch.cuda.get_device_name())"
 t0=$(date +%s)
-$CLI train "$DATA" --out "$R/target" --size small --epochs 10 --lr 2e-3 --eval-users 500 --time-limit-s "$TT" --device cuda
+$CLI train "$DATA" --out "$R/target" --size "$SIZE" --epochs 10 --lr 2e-3 --eval-users 500 --time-limit-s "$TT" --device cuda
 $CLI train "$DATA" --out "$R/ce-plain" --size draft --role draft --epochs 10 --lr 3e-3 --eval-users 500 \
     --time-limit-s "$DT" --device cuda
 echo "trained target + plain draft: $(( $(date +%s) - t0 )) s"

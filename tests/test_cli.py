@@ -114,3 +114,22 @@ def test_errors_are_one_line(toy, tmp_path, monkeypatch, capsys):
         assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
         assert message is None or message in err
         assert message is not None or "unknown model size 'huge'" in err
+
+
+def test_bench_times_named_drafts_against_one_ar_run(toy, make_decoder):
+    vocab = Vocab.for_index(SIDIndex.load(toy / "data" / "toy.index.json"))
+    fp = SIDIndex.load(toy / "data" / "toy.index.json").fingerprint()
+    for seed in (1, 2):
+        save_checkpoint(make_decoder(vocab, seed=seed, hidden_size=16), CheckpointMeta(vocab, fp), toy / f"d{seed}" / "best")
+    out = toy / "bench_named.json"
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"),
+                                       "--draft", f"first={toy / 'd1' / 'best'}", "--draft", str(toy / "d2" / "best"),
+                                       "--K", "2", "--batch", "1", "--users", "4", "--warmup", "1", "--draft-beams", "4",
+                                       "--gamma", "2", "--modes", "ar,spec-strict", "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r.get("drafter")) for r in rows] == [("ar", None), ("spec-strict", "first"), ("spec-strict", "d2")]
+    assert all(r["mismatches"] == 0 for r in rows[1:])
+    twice = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft",
+                                         f"x={toy / 'd1' / 'best'}", "--draft", f"x={toy / 'd2' / 'best'}", "--out", str(out)])
+    assert twice.exit_code != 0 and "given twice" in twice.output

@@ -173,7 +173,8 @@ def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 
 
 @app.command()
 def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpoint"),
-          draft: Optional[str] = typer.Option(None, help="draft checkpoint (spec modes need one)"),
+          draft: list[str] = typer.Option([], help="draft checkpoint, or NAME=CHECKPOINT; repeat to time several "
+                                                  "drafts against one AR run (rows carry drafter NAME)"),
           K: list[int] = typer.Option([1, 5, 10, 20], "--K"), batch: list[int] = typer.Option([1, 32], "--batch"),
           users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
           modes: str = "ar,spec-strict,spec-relaxed,hf", split: str = "test", out: str = "bench/results/topk.json",
@@ -183,12 +184,18 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
     import torch
 
     from recspec.evaluation.bench import BenchConfig, run_bench
-    from recspec.evaluation.report import plot_results, write_results
+    from recspec.evaluation.report import plot_acceptance, plot_results, write_results
+    from recspec.models.hf import check_fits, load_checkpoint
     from recspec.recommender import Recommender
 
     if threads:
         torch.set_num_threads(threads)
-    rec = Recommender.load(data, target, draft, index_dir=index_dir or os.path.dirname(os.path.normpath(target)), device=device)
+    named = _named_drafts(draft)
+    rec = Recommender.load(data, target, None, index_dir=index_dir or os.path.dirname(os.path.normpath(target)), device=device)
+    drafts = {}
+    for name, path in named.items():
+        drafts[name], meta = load_checkpoint(path, device=device)
+        check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
                       gamma=gamma, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, seed=seed, hf_users=hf_users)
     hf_model = None
@@ -200,16 +207,30 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         except ImportError:
             _console().log("transformers is not installed: skipping the hf mode")
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)
-    rows = run_bench(rec.target, rec.draft, rec.catalog, examples, cfg, device=device, hf_model=hf_model,
+    rows = run_bench(rec.target, drafts or None, rec.catalog, examples, cfg, device=device, hf_model=hf_model,
                      on_row=lambda r: _console().log(r))
-    for r in rows:
-        r["drafter"] = "ce" if r["mode"].startswith("spec") else r.get("drafter")
-        if r["drafter"] is None:
-            del r["drafter"]
     path = write_results(rows, out, device)
-    png = plot_results(path)
+    png = plot_acceptance(path) if len(drafts) > 1 else plot_results(path)
     _print_rows(rows)
     print(f"results: {path}  plot: {png}")
+
+
+def _named_drafts(specs: list[str]) -> dict[str, str]:
+    """['ce=runs/a', 'runs/b'] -> {'ce': 'runs/a', 'b': 'runs/b'}; an unnamed draft is named after its folder
+    (the run folder when the checkpoint is its best/ or last/)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path = spec
+            parts = os.path.normpath(path).split(os.sep)
+            name = parts[-2] if len(parts) > 1 and parts[-1] in ("best", "last") else parts[-1]
+        if not name or not path:
+            raise typer.BadParameter(f"--draft {spec!r}: expected CHECKPOINT or NAME=CHECKPOINT")
+        if name in out:
+            raise typer.BadParameter(f"--draft: the name {name!r} is given twice (use NAME=CHECKPOINT)")
+        out[name] = path
+    return out
 
 
 def _print_rows(rows: list[dict]) -> None:

@@ -45,6 +45,8 @@ MODEL_PRESETS: dict[str, dict] = {
     "draft": dict(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128),
     "demo": dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=344),
     "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=688),
+    # small's width, twice the depth: on a CPU a call's cost grows with depth more than with tokens
+    "deep": dict(hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=2, intermediate_size=688),
     "base": dict(hidden_size=512, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=1376),
     # ~0.5B LLaMA shape, for the GPU benchmark
     "gpu-0.5b": dict(hidden_size=1536, num_layers=16, num_heads=12, num_kv_heads=4, intermediate_size=4096),
@@ -105,7 +107,7 @@ class DistillConfig:
 
     objective: str = "atspeed-s"  # one of OBJECTIVE_NAMES
     alpha: float = 0.7  # loss = (1 - alpha) * CE(ground truth) + alpha * alignment loss (not for "ce")
-    K: int = 10  # AtSpeed-S: the student's top-K tokens its reverse KL runs over
+    K: int = 20  # AtSpeed-S: the student's top-K tokens its reverse KL keeps apart (the paper's code: 20)
     beta: float = 1.0  # AtSpeed-S: weight of the density (entropy) term
     epochs: int = 10  # passes over the teacher examples
     batch_size: int = 64  # teacher examples per optimiser step (and users per validation decoding call)

@@ -71,17 +71,42 @@ def test_hand_computed_values():
 
 
 def test_atspeed_s_hand_computed():
-    # K = 1: the student's top token is 7 (q = 0.75, p = 0.5): 0.75 ln(0.75 / 0.5) = 0.304099
-    top1 = 0.75 * LN(1.5)
-    assert atspeed_s(STUDENT, TEACHER, MASK1, K=1, beta=0.0).item() == pytest.approx(top1, abs=1e-6)
-    # + beta * p(7) * H(q) = 0.5 * 0.562335 = 0.281168 -> 0.585266
-    assert atspeed_s(STUDENT, TEACHER, MASK1, K=1, beta=1.0).item() == pytest.approx(top1 + 0.5 * H_Q, abs=1e-6)
-    # K = 2: the full reverse KL 0.25 ln(0.5) + 0.75 ln(1.5) = 0.130812; the K-th token 6 has p = 0.5
-    rkl = 0.25 * LN(0.5) + 0.75 * LN(1.5)
+    # Two codes: with K = 1 the pooled rest is the other code, so the term is the full reverse KL
+    # 0.75 ln(0.75 / 0.5) + 0.25 ln(0.25 / 0.5) = 0.130812 (top token 7: q = 0.75, p = 0.5)
+    rkl = 0.75 * LN(1.5) + 0.25 * LN(0.5)
+    assert atspeed_s(STUDENT, TEACHER, MASK1, K=1, beta=0.0).item() == pytest.approx(rkl, abs=1e-6)
+    # + beta * p(7) * H(q) = 0.5 * 0.562335 = 0.281168
+    assert atspeed_s(STUDENT, TEACHER, MASK1, K=1, beta=1.0).item() == pytest.approx(rkl + 0.5 * H_Q, abs=1e-6)
+    # K = 2: both codes in Q_K, nothing outside; the K-th token 6 has p = 0.5
     assert atspeed_s(STUDENT, TEACHER, MASK1, K=2, beta=0.0).item() == pytest.approx(rkl, abs=1e-6)
     assert atspeed_s(STUDENT, TEACHER, MASK1, K=2, beta=2.0).item() == pytest.approx(rkl + H_Q, abs=1e-6)
     # K beyond the level (2 codes): the extra top-K tokens are masked (q = 0) and count 0
     assert atspeed_s(STUDENT, TEACHER, MASK1, K=5, beta=0.0).item() == pytest.approx(rkl, abs=1e-6)
+
+
+def test_atspeed_s_pools_the_students_tail():
+    """Three codes, K = 1: q = (0.5, 0.3, 0.2), p = (0.4, 0.4, 0.2): the top token apart, the other two
+    pooled (q 0.5, p 0.6): 0.5 ln(0.5 / 0.4) + 0.5 ln(0.5 / 0.6) = 0.020411."""
+    vocab = Vocab(level_sizes=(3,), prefixes=("a",))  # level 0: tokens 3, 4, 5
+    s, t = torch.zeros(vocab.size), torch.zeros(vocab.size)
+    s[3:6], t[3:6] = torch.tensor([0.5, 0.3, 0.2]).log(), torch.tensor([0.4, 0.4, 0.2]).log()
+    mask = level_mask(vocab, 0)
+    want = 0.5 * LN(0.5 / 0.4) + 0.5 * LN(0.5 / 0.6)
+    assert atspeed_s(s, t, mask, K=1, beta=0.0).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_atspeed_s_is_a_divergence_moving_mass_to_the_tail_does_not_pay():
+    """>= 0 everywhere; and a student flatter than the teacher (mass moved off its top-K) scores worse
+    than the teacher itself (the truncated sum over Q_K alone rewards it)."""
+    for seed in range(5):
+        s, t, mask = random_case(seed)
+        assert atspeed_s(s, t, mask, K=2, beta=0.0).item() >= -1e-7
+    vocab = Vocab(level_sizes=(8,), prefixes=("a",))
+    t = torch.full((vocab.size,), -1e9)
+    t[3:11] = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    mask = level_mask(vocab, 0)
+    assert atspeed_s(t.clone(), t, mask, K=2, beta=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert atspeed_s(t * 0.5, t, mask, K=2, beta=0.0).item() > 1e-3
 
 
 @pytest.mark.parametrize("name", sorted(ALIGN))

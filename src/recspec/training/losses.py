@@ -117,26 +117,41 @@ def atspeed_s(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: 
               weights: torch.Tensor | None = None, K: int = 10, beta: float = 1.0) -> torch.Tensor:
     """AtSpeed-S (strict verification): reverse KL over the student's top-K tokens plus a density term.
 
-    With Q_K the student's K most probable tokens at the position and v_K the K-th of them:
+    With Q_K the student's K most probable tokens at the position, v_K the K-th of them, and the
+    tokens outside Q_K pooled into one outcome R (q_R = 1 - sum_{Q_K} q, p_R likewise):
 
-        ell = sum_{v in Q_K} q_v (log q_v - log p_v)  +  beta * p_{v_K} * H(q),
+        ell = sum_{v in Q_K} q_v (log q_v - log p_v) + q_R (log q_R - log p_R)  +  beta * p_{v_K} * H(q),
         H(q) = -sum_v q_v log q_v   (over the level's whole codebook)
 
-    The first term makes the teacher likely where the student puts its top-K; the second lowers the
-    student's entropy in proportion to how much the teacher values the student's K-th choice,
-    concentrating the student's mass on what the teacher ranks high. p_{v_K} is a weight (teacher
-    side, no gradient; the choice of v_K is not differentiable). Tokens of Q_K outside the mask
-    (K larger than the level) have q = 0 and count 0; their p_{v_K} is 0 too. The teacher enters only
-    through p on Q_K. A token with q > 0 and p = 0 gives +inf, as reverse KL does.
-    (The paper's code sums the entropy over Q_K only; this follows the spec: the entropy of q.)"""
+    The first term is the reverse KL of the two distributions seen at the resolution of the
+    student's top-K: every top-K token kept apart, the rest as one outcome. It is a divergence (>= 0,
+    0 iff they agree on Q_K and on the mass outside), so the student cannot lower it by moving mass
+    into its tail, as the plain truncated sum over Q_K allows (each q log(q / p) term alone is
+    smallest at q = p / e); how the teacher splits the mass outside Q_K does not matter. The second
+    term lowers the student's entropy in proportion to how much the teacher values the student's
+    K-th choice, concentrating the student's mass on what the teacher ranks high. p_{v_K} is a weight
+    (teacher side, no gradient; the choice of v_K is not differentiable). Tokens of Q_K outside the
+    mask (K larger than the level) have q = 0 and count 0; their p_{v_K} is 0 too. A token with q > 0
+    and p = 0 gives +inf, as reverse KL does."""
     logq, logp = _pair(student_logits, teacher_logits, mask)
     k = min(K, logq.shape[-1])
     top_logq, top = logq.topk(k, dim=-1)  # (..., k) best first
     top_logp = logp.gather(-1, top)  # (..., k)
-    rkl = _plogp_ratio(top_logq, top_logp).sum(-1)  # (...)
+    outside = torch.ones_like(logq, dtype=torch.bool).scatter(-1, top, False)  # (..., V) tokens not in Q_K
+    rest_logq, rest_logp = _log_rest(logq, outside), _log_rest(logp, outside)  # (...) the pooled outside mass
+    rkl = _plogp_ratio(top_logq, top_logp).sum(-1) + _plogp_ratio(rest_logq, rest_logp)  # (...)
     entropy = -_plogp_ratio(logq, torch.zeros_like(logq)).sum(-1)  # (...) -sum q log q
     density = top_logp[..., -1].exp() * entropy  # (...) p of the student's K-th token, times H(q)
     return weighted_mean(rkl + beta * density, weights)
+
+
+def _log_rest(logx: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+    """log of the mass on the `outside` tokens (..., V) -> (...), exact in the tail (a logsumexp, not
+    1 - sum); -inf where there is none (with a 0 gradient there, not NaN)."""
+    x = torch.where(outside, logx, torch.full_like(logx, NEG_INF))
+    some = (x > NEG_INF).any(-1)
+    safe = torch.where(some[..., None], x, torch.zeros_like(x)).logsumexp(-1)
+    return torch.where(some, safe, torch.full_like(safe, NEG_INF))
 
 
 def atspeed_r(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,

@@ -158,8 +158,11 @@ def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar:
 
 def run_bench(target: Decoder, draft: Decoder | dict[str, Decoder] | None, catalog: Catalog,
               examples: Sequence[Example], cfg: BenchConfig, device="cpu", hf_model=None,
-              on_row: Callable[[dict], None] | None = None) -> list[dict]:
+              on_row: Callable[[dict], None] | None = None, reference: Decoder | None = None) -> list[dict]:
     """Every (K, batch, mode) on the same users; speedups are filled in against "ar" and "hf".
+
+    reference: the fp32 target, when the timed one runs in lower precision: every user whose list
+    differs from AR's is re-scored under it (`audit_ties`), and the rows say how many are ties.
 
     draft: one draft model, or {name: draft}: then every spec mode is timed once per draft, on the
     same users and against the same AR run, and its rows carry "drafter": name."""
@@ -186,6 +189,11 @@ def run_bench(target: Decoder, draft: Decoder | dict[str, Decoder] | None, catal
             ar = runs.get(("ar", None))
             new = [row_for(m, K, batch, r, gt, ar if m != "ar" else None, cfg.tie_tol, name) for (m, name), r in runs.items()]
             _speedups(new)
+            if reference is not None and ar is not None:
+                for r, run in zip(new, runs.values()):
+                    if r.get("mismatches") and run.scores:  # (hf runs keep no scores)
+                        ties, gap, noise = audit_ties(reference, catalog, examples, ar, run, device)
+                        r.update(mismatches_ties_fp32=ties, fp32_gap_max=round(gap, 5), score_noise_max=round(noise, 5))
             for r in new:
                 rows.append(r)
                 if on_row:

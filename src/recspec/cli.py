@@ -177,6 +177,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
                                                   "drafts against one AR run (rows carry drafter NAME)"),
           K: list[int] = typer.Option([1, 5, 10, 20], "--K"), batch: list[int] = typer.Option([1, 32], "--batch"),
           users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
+          expand: float = typer.Option(2.0, help="deeper tree levels extend the draft's best expand*K nodes (0: all N)"),
           modes: str = "ar,spec-strict,spec-relaxed,hf", split: str = "test", out: str = "bench/results/topk.json",
           threads: int = 0, device: str = "cpu", cuda_graphs: bool = False, seed: int = 0,
           index_dir: Optional[str] = INDEX_DIR):
@@ -197,7 +198,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         drafts[name], meta = load_checkpoint(path, device=device)
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
-                      gamma=gamma, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, seed=seed, hf_users=hf_users)
+                      gamma=gamma, draft_expand=expand, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, seed=seed, hf_users=hf_users)
     hf_model = None
     if "hf" in cfg.modes:
         try:

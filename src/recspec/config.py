@@ -81,6 +81,7 @@ class DecodeConfig:
     batch_size: int = 32  # users decoded together
     draft_beams: int = 40  # N >= K beams the draft proposes (speculative modes)
     gamma: int = 3  # draft depth: levels drafted per round
+    draft_expand: float = 2.0  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
     verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
     seed: int = 0  # for relaxed verification's sampling
 

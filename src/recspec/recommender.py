@@ -49,7 +49,7 @@ class Recommender:
 
     def _engine(self, K: int) -> SpecEngine:
         trie = self.catalog.trie.to(self.device)
-        drafter = DraftModelDrafter(self.draft, trie, max(self.cfg.draft_beams, K)) if self.draft is not None else None
+        drafter = DraftModelDrafter(self.draft, trie, max(self.cfg.draft_beams, K), self.cfg.draft_expand) if self.draft is not None else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         return SpecEngine(self.target, drafter, trie, K=K, N=max(self.cfg.draft_beams, K), gamma=self.cfg.gamma,
                           verify=self.cfg.verify, generator=gen)

@@ -68,7 +68,7 @@ class SpecEngine:
         active = self.beams.level <= self.lay.L
         beams, verdict = spec_round(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
                                     self.keys, self.beams, first, d, self.verify, self.gen, clock,
-                                    early_exit=not self.graphs_on)
+                                    eager=not self.graphs_on)
         self.beams.copy_(beams)
         self.accepted.copy_(torch.where(active, verdict.accepted, torch.full_like(verdict.accepted, -1)))
 

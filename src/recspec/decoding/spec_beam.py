@@ -76,14 +76,17 @@ def initial_beams(B: int, K: int, L: int, lay: Layout, root: int, device) -> Bea
 
 def spec_round(target: Decoder, drafter: Drafter | None, trie: SIDTrie, lay: Layout, cache, prompts: Prompts,
                keys: torch.Tensor, beams: Beams, first: bool, d: int, verify: str, generator,
-               clock: PhaseClock, early_exit: bool) -> tuple[Beams, Verdict]:
-    """One round: propose -> score (one target pass) -> verify -> commit. Shapes depend on (first, d) only."""
+               clock: PhaseClock, eager: bool) -> tuple[Beams, Verdict]:
+    """One round: propose -> score (one target pass) -> verify -> commit.
+
+    eager=False (CUDA graphs): shapes depend on (first, d) only. eager=True allows host syncs that
+    save work: the target scores only each tree level's valid nodes, verification stops early."""
     frontier = _frontier(beams, lay, not first)
     clock.phase("draft")
     tree = drafter.propose(frontier, d, verify == "relaxed", generator) if d else None
     clock.phase("verify")
-    logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree)
-    beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, early_exit)
+    logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree, trim=eager)
+    beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, eager)
     clock.phase("other")
     cache.copy_slots(verdict.copy_src, verdict.copy_dst)
     if drafter is not None:
@@ -99,10 +102,14 @@ def _frontier(beams: Beams, lay: Layout, pending: bool) -> Frontier:
     return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level)
 
 
-def _score(target: Decoder, cache, prompts: Prompts, keys, lay: Layout, f: Frontier, tree: DraftTree | None):
+def _score(target: Decoder, cache, prompts: Prompts, keys, lay: Layout, f: Frontier, tree: DraftTree | None,
+           trim: bool = False):
     """ONE target forward over [prompt (first round) or pending beams | tree nodes].
 
-    Returns log-probs after the current beams (B, M, V) and after each tree node (B, d, N, V)."""
+    trim: feed each tree level only up to its last valid node (drafters put valid nodes first; deep
+    SID levels branch little, so most of a wide level is padding there). Nodes left out are invalid:
+    no accepted path reads them. Returns log-probs after the current beams (B, M, V) and after each
+    tree node (B, d, N, V; rows of nodes left out are -inf)."""
     B = keys.shape[0]
     beam_mask = path_mask(keys, f.path, lay.sink)  # (B, M, S)
     if f.pending is None:  # first round: the prompt itself, causal
@@ -112,20 +119,41 @@ def _score(target: Decoder, cache, prompts: Prompts, keys, lay: Layout, f: Front
         toks, pos, slots, mask = f.pending, (prompts.lengths + f.level - 1)[:, None].expand_as(f.pending), f.pending_slots, beam_mask
     head = toks.shape[1]
     parts_t, parts_p, parts_s, parts_m = [toks], [pos], [slots], [mask]
-    if tree is not None:
-        m = beam_mask
-        for j in range(tree.depth):
-            js = lay.tree_slots(j, B, keys.device)
-            m = extend_mask(m, tree.parents[:, j], js)
-            parts_t.append(tree.tokens[:, j])
-            parts_p.append((prompts.lengths + f.level + j)[:, None].expand_as(js))
-            parts_s.append(js)
-            parts_m.append(m)
+    widths = _tree_widths(tree, trim) if tree is not None else []
+    m = beam_mask
+    for j, n in enumerate(widths):
+        js = lay.tree_slots(j, B, keys.device)[:, :n]
+        m = extend_mask(m, tree.parents[:, j, :n].clamp(max=m.shape[1] - 1), js)  # invalid nodes: any parent
+        parts_t.append(tree.tokens[:, j, :n])
+        parts_p.append((prompts.lengths + f.level + j)[:, None].expand_as(js))
+        parts_s.append(js)
+        parts_m.append(m)
     logits = target(torch.cat(parts_t, 1), torch.cat(parts_p, 1), torch.cat(parts_m, 1), cache, torch.cat(parts_s, 1))
     logp = torch.log_softmax(logits.float(), dim=-1)
     logp_beams = logp[:, head - 1:head].expand(-1, f.scores.shape[1], -1) if f.pending is None else logp[:, :head]
-    logp_tree = logp[:, head:].reshape(B, tree.depth, lay.N, -1) if tree is not None else None
+    logp_tree = _tree_rows(logp[:, head:], widths, lay.N) if tree is not None else None
     return logp_beams, logp_tree
+
+
+def _tree_widths(tree: DraftTree, trim: bool) -> list[int]:
+    """Nodes fed per tree level: all N, or (trim) up to the last valid node of any user, at least 1."""
+    N = tree.tokens.shape[2]
+    if not trim:
+        return [N] * tree.depth
+    last = (tree.valid * torch.arange(1, N + 1, device=tree.valid.device)).amax(dim=(0, 2))  # (d,)
+    return [max(int(w), 1) for w in last.tolist()]  # host sync (eager only): the widths shape the call
+
+
+def _tree_rows(logp: torch.Tensor, widths: list[int], N: int) -> torch.Tensor:
+    """(B, sum(widths), V) -> (B, d, N, V): each level's rows at its node indices, -inf rows for the rest."""
+    if all(w == N for w in widths):
+        return logp.reshape(logp.shape[0], len(widths), N, -1)
+    out = logp.new_full((logp.shape[0], len(widths), N, logp.shape[2]), float("-inf"))
+    start = 0
+    for j, w in enumerate(widths):
+        out[:, j, :w] = logp[:, start:start + w]
+        start += w
+    return out
 
 
 def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_tree, tree: DraftTree | None,

@@ -34,6 +34,7 @@ class BenchConfig:
     warmup: int = 3  # calls before timing starts
     draft_beams: int = 40  # N (raised to K where smaller)
     gamma: int = 3  # draft depth
+    draft_expand: float = 2.0  # deeper tree levels extend the draft's best expand*K nodes (0: all N)
     modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
     cuda_graphs: bool = False  # replay captured rounds (CUDA only)
     seed: int = 0
@@ -90,7 +91,7 @@ def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Cata
     trie = catalog.trie.to(device)
     N = max(cfg.relaxed_beams if mode == "spec-relaxed" and cfg.relaxed_beams else cfg.draft_beams, K)
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not cfg.cuda_graphs else None
-    drafter = DraftModelDrafter(draft, trie, N) if mode != "ar" else None
+    drafter = DraftModelDrafter(draft, trie, N, cfg.draft_expand) if mode != "ar" else None
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
     width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if cfg.cuda_graphs else None  # one graph shape
     return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,

@@ -1,0 +1,91 @@
+"""Draft-tree shape sweep: one AR run, then strict speculative beam search for each (N, gamma, expand),
+on the same models and users; median ms, speedup over AR, acceptance, mismatches, Recall/NDCG.
+
+    PYTHONPATH=src python bench/tree_sweep.py --data ../shared/datasets/beauty --target T --draft D \
+        --K 10 --grid 20:2:1,40:1:2 --users 100 --out bench/results/tree_sweep_cpu.json
+
+A grid entry is N:gamma:expand. Works on the CPU (eager) or CUDA (--cuda-graphs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from recspec.evaluation.bench import BenchConfig, engine_call, make_engine, row_for, time_calls  # noqa: E402
+from recspec.evaluation.evaluate import target_sids  # noqa: E402
+from recspec.evaluation.report import write_results  # noqa: E402
+from recspec.models.hf import check_fits, load_checkpoint  # noqa: E402
+from recspec.recommender import Recommender  # noqa: E402
+
+
+def parse_grid(text: str) -> list[tuple[int, int, float]]:
+    out = []
+    for part in text.split(","):
+        try:
+            n, g, e = part.split(":")
+            out.append((int(n), int(g), float(e)))
+        except ValueError:
+            raise SystemExit(f"--grid entry {part!r}: expected N:gamma:expand, e.g. 40:2:1")
+    return out
+
+
+def sweep(rec: Recommender, draft, examples, K: int, batch: int, grid, users: int, warmup: int, device: str,
+          graphs: bool) -> list[dict]:
+    gt = target_sids(rec.catalog.trie, examples)
+    batches = [list(range(s, s + batch)) for s in range(0, users - users % batch or batch, batch)]
+    base = BenchConfig(cuda_graphs=graphs)
+    ar = time_calls(engine_call(make_engine("ar", rec.target, None, rec.catalog, K, base, device), rec.catalog,
+                                examples, device), batches, warmup, device)
+    rows = [row_for("ar", K, batch, ar, gt, None)]
+    for N, gamma, expand in grid:
+        cfg = BenchConfig(draft_beams=N, gamma=gamma, draft_expand=expand, cuda_graphs=graphs)
+        eng = make_engine("spec-strict", rec.target, draft, rec.catalog, K, cfg, device)
+        run = time_calls(engine_call(eng, rec.catalog, examples, device), batches, warmup, device)
+        row = row_for("spec-strict", K, batch, run, gt, ar)
+        row.update(draft_beams=max(N, K), gamma=gamma, expand=expand,
+                   speedup_vs_ar=round(rows[0]["median_ms"] / row["median_ms"], 3))
+        rows.append(row)
+        print(f"K={K:2d} N={N:3d} gamma={gamma} expand={expand:3.1f}  {row['median_ms']:8.2f} ms  "
+              f"x{row['speedup_vs_ar']:.3f} vs AR ({rows[0]['median_ms']:.2f} ms)  calls {row['target_calls']:.2f}  "
+              f"mismatches {row['mismatches']}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="../shared/datasets/beauty")
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--draft", required=True)
+    ap.add_argument("--K", type=int, nargs="+", default=[10])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--grid", default="20:2:1,20:3:1,20:4:1,30:2:1,40:1:2,40:2:1,40:3:1")
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cuda-graphs", action="store_true")
+    ap.add_argument("--out", default="bench/results/tree_sweep.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rec = Recommender.load(args.data, args.target, None, index_dir=os.path.dirname(os.path.normpath(args.target)),
+                           device=args.device)
+    draft, meta = load_checkpoint(args.draft, device=args.device)
+    check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), args.draft)
+    examples = list(rec.catalog.data.test)
+    rows = []
+    for K in args.K:
+        rows += sweep(rec, draft.eval(), examples, K, args.batch, parse_grid(args.grid), args.users, args.warmup,
+                      args.device, args.cuda_graphs)
+    path = write_results(rows, args.out, args.device, command="PYTHONPATH=src python3 " + " ".join(sys.argv))
+    print("results:", path)
+
+
+if __name__ == "__main__":
+    main()

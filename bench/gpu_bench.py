@@ -19,6 +19,7 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from recspec.config import ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
@@ -150,6 +151,8 @@ def main():
     ap.add_argument("--target-epochs", type=int, default=4)
     ap.add_argument("--exact-users", type=int, default=100, help="users of the fp32 exactness check")
     ap.add_argument("--relaxed-beams", type=int, default=20, help="draft beams N for relaxed verification")
+    ap.add_argument("--sweep", default="16:2:1,16:4:1,20:2:1,20:3:1,20:4:1,32:2:1,32:4:1,40:2:1,40:4:2,64:4:1,128:4:2",
+                    help="N:gamma:expand tree shapes tried for batch 1 ('' : none, use --N1/--gamma1)")
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -172,9 +175,22 @@ def main():
     rows = []
     Ks = tuple(int(k) for k in args.Ks.split(","))
     profile(target, draft, cat, test)
-    for batch, users, hf_users, N, gamma in ((1, args.users, args.hf_users, args.N1, args.gamma1),
-                                             (64, args.users_b64, 128, 40, args.gamma)):
-        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma,
+    N1, gamma1, expand1 = args.N1, args.gamma1, 2.0
+    if args.sweep:  # tree shape for batch 1, chosen on other test users than the ones timed below
+        from tree_sweep import parse_grid, sweep
+
+        swept = sweep(target, cat, draft, test[2000:], 10, 1, parse_grid(args.sweep), 60, 3, "cuda", True)
+        best = max(swept[1:], key=lambda r: r["speedup_vs_ar"])
+        N1, gamma1, expand1 = best["draft_beams"], best["gamma"], best["expand"]
+        log(f"tree sweep (K=10, b=1, test users 2000+): best N={N1} gamma={gamma1} expand={expand1} "
+            f"x{best['speedup_vs_ar']} vs AR")
+        extra_sweep = [{k: r[k] for k in ("mode", "median_ms", "speedup_vs_ar", "target_calls", "draft_beams", "gamma",
+                                          "expand") if k in r} for r in swept]
+    else:
+        extra_sweep = []
+    for batch, users, hf_users, N, gamma, expand in ((1, args.users, args.hf_users, N1, gamma1, expand1),
+                                                     (64, args.users_b64, 128, 40, args.gamma, 2.0)):
+        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma, draft_expand=expand,
                           cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol, relaxed_beams=args.relaxed_beams)
         try:
             rows += run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r),
@@ -187,15 +203,15 @@ def main():
     for r in rows:
         r["drafter"] = "ce" if r["mode"].startswith("spec") else None
         if r["drafter"]:
-            N = args.N1 if r["batch"] == 1 else 40
-            r.update(draft_beams=max(args.relaxed_beams, r["K"]) if r["mode"] == "spec-relaxed" else N,
-                     gamma=args.gamma1 if r["batch"] == 1 else args.gamma)
+            N = N1 if r["batch"] == 1 else 40
+            r.update(draft_beams=max(args.relaxed_beams, r["K"]) if r["mode"] == "spec-relaxed" else max(N, r["K"]),
+                     gamma=gamma1 if r["batch"] == 1 else args.gamma, expand=expand1 if r["batch"] == 1 else 2.0)
         if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10:
             r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         if r["drafter"] is None:
             del r["drafter"]
     extra = {"target_params": tp, "draft_params": dp, "copy_bandwidth_GBps": round(bw / 1e9, 1), "fp32_exactness": exact,
-             "target_shape": TARGET, "draft_shape": DRAFT,
+             "target_shape": TARGET, "draft_shape": DRAFT, "tree_sweep_b1_K10": extra_sweep,
              "seconds": round(time.time() - t0, 1)}
     path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), "cuda",
                          command="PYTHONPATH=src python3 " + " ".join(sys.argv), extra=extra)

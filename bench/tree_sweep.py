@@ -4,7 +4,8 @@ on the same models and users; median ms, speedup over AR, acceptance, mismatches
     PYTHONPATH=src python bench/tree_sweep.py --data ../shared/datasets/beauty --target T --draft D \
         --K 10 --grid 20:2:1,40:1:2 --users 100 --out bench/results/tree_sweep_cpu.json
 
-A grid entry is N:gamma:expand. Works on the CPU (eager) or CUDA (--cuda-graphs).
+A grid entry is N:gamma:expand, where gamma may be a depth schedule by starting level, e.g. 40:1/3/2:0
+(depth 1 from level 0, 3 from level 1, 2 from level 2 on). Works on the CPU (eager) or CUDA (--cuda-graphs).
 """
 
 from __future__ import annotations
@@ -24,34 +25,37 @@ from recspec.models.hf import check_fits, load_checkpoint  # noqa: E402
 from recspec.recommender import Recommender  # noqa: E402
 
 
-def parse_grid(text: str) -> list[tuple[int, int, float]]:
+def parse_grid(text: str) -> list[tuple[int, tuple[int, ...], float]]:
+    """'40:2:1,40:1/3/2:0' -> [(40, (2,), 1.0), (40, (1, 3, 2), 0.0)]: N, depths by starting level, expand."""
     out = []
     for part in text.split(","):
         try:
             n, g, e = part.split(":")
-            out.append((int(n), int(g), float(e)))
+            out.append((int(n), tuple(int(x) for x in g.split("/")), float(e)))
         except ValueError:
-            raise SystemExit(f"--grid entry {part!r}: expected N:gamma:expand, e.g. 40:2:1")
+            raise SystemExit(f"--grid entry {part!r}: expected N:gamma:expand, e.g. 40:2:1 or 40:1/3/2:0")
     return out
 
 
-def sweep(rec: Recommender, draft, examples, K: int, batch: int, grid, users: int, warmup: int, device: str,
+def sweep(target, catalog, draft, examples, K: int, batch: int, grid, users: int, warmup: int, device: str,
           graphs: bool) -> list[dict]:
-    gt = target_sids(rec.catalog.trie, examples)
+    """-> rows: "ar" first, then one "spec-strict" row per grid entry (with draft_beams, gamma, expand)."""
+    gt = target_sids(catalog.trie, examples)
     batches = [list(range(s, s + batch)) for s in range(0, users - users % batch or batch, batch)]
     base = BenchConfig(cuda_graphs=graphs)
-    ar = time_calls(engine_call(make_engine("ar", rec.target, None, rec.catalog, K, base, device), rec.catalog,
+    ar = time_calls(engine_call(make_engine("ar", target, None, catalog, K, base, device), catalog,
                                 examples, device), batches, warmup, device)
     rows = [row_for("ar", K, batch, ar, gt, None)]
-    for N, gamma, expand in grid:
-        cfg = BenchConfig(draft_beams=N, gamma=gamma, draft_expand=expand, cuda_graphs=graphs)
-        eng = make_engine("spec-strict", rec.target, draft, rec.catalog, K, cfg, device)
-        run = time_calls(engine_call(eng, rec.catalog, examples, device), batches, warmup, device)
+    for N, depths, expand in grid:
+        gamma = depths[-1]
+        cfg = BenchConfig(draft_beams=N, gamma=gamma, depths=depths, draft_expand=expand, cuda_graphs=graphs)
+        eng = make_engine("spec-strict", target, draft, catalog, K, cfg, device)
+        run = time_calls(engine_call(eng, catalog, examples, device), batches, warmup, device)
         row = row_for("spec-strict", K, batch, run, gt, ar)
-        row.update(draft_beams=max(N, K), gamma=gamma, expand=expand,
+        row.update(draft_beams=max(N, K), gamma=gamma, depths="/".join(map(str, depths)), expand=expand,
                    speedup_vs_ar=round(rows[0]["median_ms"] / row["median_ms"], 3))
         rows.append(row)
-        print(f"K={K:2d} N={N:3d} gamma={gamma} expand={expand:3.1f}  {row['median_ms']:8.2f} ms  "
+        print(f"K={K:2d} N={N:3d} depths={row['depths']:7s} expand={expand:3.1f}  {row['median_ms']:8.2f} ms  "
               f"x{row['speedup_vs_ar']:.3f} vs AR ({rows[0]['median_ms']:.2f} ms)  calls {row['target_calls']:.2f}  "
               f"mismatches {row['mismatches']}", flush=True)
     return rows
@@ -81,7 +85,7 @@ def main() -> None:
     examples = list(rec.catalog.data.test)
     rows = []
     for K in args.K:
-        rows += sweep(rec, draft.eval(), examples, K, args.batch, parse_grid(args.grid), args.users, args.warmup,
+        rows += sweep(rec.target, rec.catalog, draft.eval(), examples, K, args.batch, parse_grid(args.grid), args.users, args.warmup,
                       args.device, args.cuda_graphs)
     path = write_results(rows, args.out, args.device, command="PYTHONPATH=src python3 " + " ".join(sys.argv))
     print("results:", path)

@@ -82,6 +82,7 @@ class DecodeConfig:
     draft_beams: int = 40  # N >= K beams the draft proposes (speculative modes)
     gamma: int = 3  # draft depth: levels drafted per round
     draft_expand: float = 2.0  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
+    depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
     verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
     seed: int = 0  # for relaxed verification's sampling
 

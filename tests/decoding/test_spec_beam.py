@@ -154,6 +154,41 @@ def test_strict_equals_beam_search(beauty, reference, K, N, gamma, draft, batch)
         assert (accepted == 0).any() and (accepted > 0).any()
 
 
+DEPTH_CASES = [  # (K, N, depths by starting level, expand, draft, batch)
+    (10, 40, (1, 3, 2), 0.0, "noisy", BATCH), (5, 10, (0, 2, 1), 2.0, "random", BATCH),
+    (10, 20, (2, 1, 2, 1), 1.0, "noisy", 1), (20, 20, (1, 0, 3), 0.0, "self", 1),
+]
+
+
+@pytest.mark.parametrize("K,N,depths,expand,draft,batch", DEPTH_CASES,
+                         ids=[f"K{c[0]}-N{c[1]}-d{''.join(map(str, c[2]))}-e{c[3]}-{c[4]}-b{c[5]}" for c in DEPTH_CASES])
+def test_depth_schedule_stays_exact(beauty, reference, K, N, depths, expand, draft, batch):
+    """A round's tree depth follows the schedule of the level it starts from; strict stays exact."""
+    from recspec.decoding.engine import SpecEngine
+
+    L = beauty.trie.num_levels
+    depth_of = lambda lvl: depths[lvl] if lvl < len(depths) else depths[-1]  # noqa: E731
+    for prompts, want in zip(beauty.prompts(batch), reference(K, batch)):
+        drafter = DraftModelDrafter(beauty.drafts[draft], beauty.trie, N, expand)
+        engine = SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=depths[-1], depths=depths)
+        got, stats = engine.run(prompts)
+        assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
+        torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
+        acc, level = levels_table(stats, L, max(depths))
+        for r in range(acc.shape[1]):
+            on = acc[:, r] >= 0
+            lo = int(level[on, r].min())  # the round's depth comes from its slowest user
+            assert (acc[on, r] <= depth_of(lo)).all(), f"round {r} accepted more levels than its depth {depth_of(lo)}"
+
+
+def test_negative_depth_is_refused(beauty):
+    from recspec.decoding.engine import SpecEngine
+
+    with pytest.raises(ValueError, match="depths"):
+        SpecEngine(beauty.target, DraftModelDrafter(beauty.drafts["random"], beauty.trie, 10), beauty.trie,
+                   K=5, N=10, gamma=2, depths=(1, -1))
+
+
 # --- relaxed mode: the law of sampling beam search --------------------------------------------------
 # 7 items over 2 levels of 3 codes (2 of the 9 code pairs unused)
 TOY = SIDIndex(codes=np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 2], [2, 1], [2, 2]]),

@@ -25,13 +25,22 @@ from recspec.models.decoder import Decoder
 class SpecEngine:
     def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
                  verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False,
-                 prompt_width: int | None = None):
+                 prompt_width: int | None = None, depths: tuple[int, ...] = ()):
         """prompt_width: left-pad every prompt to this many columns, so that batches of different
-        prompt lengths share one buffer shape (and one set of CUDA graphs)."""
+        prompt lengths share one buffer shape (and one set of CUDA graphs).
+        depths: draft depth by the SID level a round starts from (depths[l] for rounds whose slowest
+        user has produced l levels; gamma past its end). Wide top levels, where a draft is seldom
+        right, can get a shallow tree and narrow deep levels, which a tree covers whole, a deep one."""
         gamma = gamma if drafter is not None else 0
+        depths = tuple(depths) if drafter is not None else ()
         check_models(target, trie, K, N, gamma, verify)
+        if any(d < 0 for d in depths):
+            raise ValueError(f"draft depths must be >= 0, got {depths}")
+        self.depths = depths
+        gamma_max = max((gamma, *depths))
         self.target, self.drafter, self.trie = target, drafter, trie
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
+        self.gamma_max = gamma_max
         self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
@@ -39,7 +48,7 @@ class SpecEngine:
     # --- buffers ------------------------------------------------------------------------------
     def _allocate(self, B: int, T: int, device) -> None:
         L = self.trie.num_levels
-        self.lay = Layout(T=T, L=L, K=self.K, N=self.N, gamma=self.gamma)
+        self.lay = Layout(T=T, L=L, K=self.K, N=self.N, gamma=self.gamma_max)
         self.prompts = Prompts(torch.full((B, T), PAD, dtype=torch.long, device=device),
                                torch.ones(B, dtype=torch.long, device=device))
         self.keys = torch.zeros(B, self.lay.slots, dtype=torch.bool, device=device)
@@ -105,7 +114,7 @@ class SpecEngine:
             lo, hi = int(level[0]), int(level[1])  # host sync: one per round, decides stop and tree depth
             if lo > L:
                 break
-            d = min(self.gamma, max(L - lo, 0)) if self.drafter is not None else 0
+            d = min(self.depth_from(lo), max(L - lo, 0)) if self.drafter is not None else 0
             if self.graphs_on:
                 self._replay(first, d)
             else:
@@ -115,6 +124,10 @@ class SpecEngine:
         clock.phase(None)
         stats.times = dict(clock.totals)
         return self._result(), stats
+
+    def depth_from(self, level: int) -> int:
+        """Tree depth of a round that starts after `level` SID levels."""
+        return self.depths[level] if level < len(self.depths) else self.gamma
 
     def _result(self) -> BeamResult:
         b = self.beams

@@ -35,6 +35,7 @@ class BenchConfig:
     draft_beams: int = 40  # N (raised to K where smaller)
     gamma: int = 3  # draft depth
     draft_expand: float = 2.0  # deeper tree levels extend the draft's best expand*K nodes (0: all N)
+    depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
     modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
     cuda_graphs: bool = False  # replay captured rounds (CUDA only)
     seed: int = 0
@@ -95,7 +96,7 @@ def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Cata
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
     width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if cfg.cuda_graphs else None  # one graph shape
     return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,
-                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width)
+                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=cfg.depths)
 
 
 def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:

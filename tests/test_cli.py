@@ -133,3 +133,20 @@ def test_bench_times_named_drafts_against_one_ar_run(toy, make_decoder):
     twice = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft",
                                          f"x={toy / 'd1' / 'best'}", "--draft", f"x={toy / 'd2' / 'best'}", "--out", str(out)])
     assert twice.exit_code != 0 and "given twice" in twice.output
+
+
+def test_recommend_with_a_depth_schedule_equals_plain_beam_search(toy, make_decoder):
+    """--depths / --expand reach the engine, and strict speculative decoding still returns AR's lists."""
+    vocab = Vocab.for_index(SIDIndex.load(toy / "data" / "toy.index.json"))
+    fp = SIDIndex.load(toy / "data" / "toy.index.json").fingerprint()
+    save_checkpoint(make_decoder(vocab, seed=7, hidden_size=16), CheckpointMeta(vocab, fp), toy / "d7")
+    histories = "".join(json.dumps({"history": h}) + "\n" for h in ([1, 2, 3], [4], [5, 9, 12, 20]))
+    base = ["recommend", str(toy / "data"), "--model", str(toy / "target"), "--K", "3"]
+    plain = CliRunner().invoke(cli.app, base, input=histories)
+    spec = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--draft-beams", "4", "--depths", "0,2",
+                                               "--expand", "0"], input=histories)
+    assert plain.exit_code == 0 and spec.exit_code == 0, plain.output + spec.output
+    lists = lambda out: [[r["items"] for r in json.loads(line)["recommendations"]] for line in out.splitlines()]  # noqa: E731
+    assert lists(spec.output) == lists(plain.output) and len(lists(plain.output)) == 3
+    bad = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--depths", "1,x"], input=histories)
+    assert bad.exit_code != 0 and "'x' is not a depth" in bad.output

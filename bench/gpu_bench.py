@@ -103,9 +103,9 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() / statistics.median(ts)
 
 
-def ar_step_ms(target, cat, examples, K: int) -> float:
+def ar_step_ms(target, cat, examples, K: int, compile: bool = False) -> float:
     """Median time of one graph-replayed AR decode round (K tokens, batch 1)."""
-    eng = make_engine("ar", target, None, cat, K, BenchConfig(cuda_graphs=True), "cuda")
+    eng = make_engine("ar", target, None, cat, K, BenchConfig(cuda_graphs=True, compile=compile), "cuda")
     prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
     eng.run(prompts)  # captures (first, 0) and (later, 0)
     graph = eng._graphs[(False, 0)]
@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--relaxed-beams", type=int, default=20, help="draft beams N for relaxed verification")
     ap.add_argument("--sweep", default="16:2:1,16:4:1,20:2:1,20:3:1,20:4:1,32:2:1,32:4:1,40:2:1,40:4:2,64:4:1,128:4:2",
                     help="N:gamma:expand tree shapes tried for batch 1 ('' : none, use --N1/--gamma1)")
+    ap.add_argument("--compile", action="store_true", help="rounds through torch.compile, then captured as graphs")
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -191,6 +192,7 @@ def main():
     for batch, users, hf_users, N, gamma, expand in ((1, args.users, args.hf_users, N1, gamma1, expand1),
                                                      (64, args.users_b64, 128, 40, args.gamma, 2.0)):
         cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma, draft_expand=expand,
+                          compile=args.compile,
                           cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol, relaxed_beams=args.relaxed_beams)
         try:
             rows += run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r),
@@ -199,7 +201,7 @@ def main():
             traceback.print_exc()
     bw = copy_bandwidth()
     floor_ms = tp * 2 / bw * 1e3
-    step = ar_step_ms(target, cat, test, 10)
+    step = ar_step_ms(target, cat, test, 10, args.compile)
     for r in rows:
         r["drafter"] = "ce" if r["mode"].startswith("spec") else None
         if r["drafter"]:

@@ -194,7 +194,9 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
           users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
           expand: float = EXPAND, depths: str = DEPTHS,
           modes: str = "ar,spec-strict,spec-relaxed,hf", split: str = "test", out: str = "bench/results/topk.json",
-          threads: int = 0, device: str = "cpu", cuda_graphs: bool = False, seed: int = 0,
+          threads: int = 0, device: str = "cpu", cuda_graphs: bool = False,
+          compile: bool = typer.Option(False, help="rounds through torch.compile (fixed shapes; captured with --cuda-graphs)"),
+          seed: int = 0,
           index_dir: Optional[str] = INDEX_DIR):
     """Time AR, strict and relaxed speculative beam search and HF generate in one run -> JSON + PNG."""
     import torch
@@ -213,7 +215,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         drafts[name], meta = load_checkpoint(path, device=device)
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
-                      gamma=gamma, draft_expand=expand, depths=parse_depths(depths), modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, seed=seed, hf_users=hf_users)
+                      gamma=gamma, draft_expand=expand, depths=parse_depths(depths), modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
     hf_model = None
     if "hf" in cfg.modes:
         try:

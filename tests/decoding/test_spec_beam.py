@@ -181,6 +181,23 @@ def test_depth_schedule_stays_exact(beauty, reference, K, N, depths, expand, dra
             assert (acc[on, r] <= depth_of(lo)).all(), f"round {r} accepted more levels than its depth {depth_of(lo)}"
 
 
+def test_compiled_rounds_stay_exact(beauty, reference):
+    """torch.compile'd rounds (fixed shapes, one graph per round shape) return the target's beam search."""
+    from recspec.decoding.engine import SpecEngine
+
+    K, N = 5, 10
+    drafter = DraftModelDrafter(beauty.drafts["noisy"], beauty.trie, N, 0.0)
+    engine = SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=2, depths=(1, 2), compile=True,
+                        prompt_width=beauty.batched[0].tokens.shape[1])
+    for prompts, want in list(zip(beauty.prompts(BATCH), reference(K, BATCH)))[:2]:
+        got, stats = engine.run(prompts)
+        assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
+        torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
+        assert (stats.target_calls() < beauty.trie.num_levels + 1).any()  # some levels were accepted
+    with pytest.raises(ValueError, match="global RNG"):
+        SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=2, compile=True, generator=torch.Generator())
+
+
 def test_negative_depth_is_refused(beauty):
     from recspec.decoding.engine import SpecEngine
 

@@ -25,15 +25,20 @@ from recspec.models.decoder import Decoder
 class SpecEngine:
     def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
                  verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False,
-                 prompt_width: int | None = None, depths: tuple[int, ...] = ()):
+                 prompt_width: int | None = None, depths: tuple[int, ...] = (), compile: bool = False):
         """prompt_width: left-pad every prompt to this many columns, so that batches of different
         prompt lengths share one buffer shape (and one set of CUDA graphs).
         depths: draft depth by the SID level a round starts from (depths[l] for rounds whose slowest
         user has produced l levels; gamma past its end). Wide top levels, where a draft is seldom
-        right, can get a shallow tree and narrow deep levels, which a tree covers whole, a deep one."""
+        right, can get a shallow tree and narrow deep levels, which a tree covers whole, a deep one.
+        compile: run each round through torch.compile (one graph per round shape, fullgraph): fewer,
+        fused kernels; with cuda_graphs the compiled round is what is captured. Rounds then keep fixed
+        shapes (no tree trimming or early exit), as under graphs."""
         gamma = gamma if drafter is not None else 0
         depths = tuple(depths) if drafter is not None else ()
         check_models(target, trie, K, N, gamma, verify)
+        if compile and generator is not None:
+            raise ValueError("compile=True samples from torch's global RNG (seed it with torch.manual_seed); pass generator=None")
         if any(d < 0 for d in depths):
             raise ValueError(f"draft depths must be >= 0, got {depths}")
         self.depths = depths
@@ -42,6 +47,8 @@ class SpecEngine:
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
         self.gamma_max = gamma_max
         self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
+        self.static = cuda_graphs or compile  # fixed shapes per (first, d): no host sync inside a round
+        self._round_fn = _compiled_round() if compile else spec_round
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
 
@@ -75,9 +82,9 @@ class SpecEngine:
     # --- one round ----------------------------------------------------------------------------
     def _round(self, first: bool, d: int, clock: PhaseClock) -> None:
         active = self.beams.level <= self.lay.L
-        beams, verdict = spec_round(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
-                                    self.keys, self.beams, first, d, self.verify, self.gen, clock,
-                                    eager=not self.graphs_on)
+        beams, verdict = self._round_fn(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
+                                        self.keys, self.beams, first, d, self.verify, self.gen, clock,
+                                        eager=not self.static)
         self.beams.copy_(beams)
         self.accepted.copy_(torch.where(active, verdict.accepted, torch.full_like(verdict.accepted, -1)))
 
@@ -135,6 +142,16 @@ class SpecEngine:
         order = b.scores.argsort(dim=1, descending=True, stable=True)
         sids = torch.where(torch.isfinite(b.scores), sids, torch.full_like(sids, -1))
         return BeamResult(sids=sids.gather(1, order), scores=b.scores.gather(1, order), codes=gather_rows(b.codes, order))
+
+
+def _compiled_round():
+    """spec_round under torch.compile, with room for one graph per (batch, K, N, first, d) a run meets."""
+    import torch._dynamo as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo.config, name):
+            setattr(dynamo.config, name, max(getattr(dynamo.config, name), 256))
+    return torch.compile(spec_round, dynamic=False, fullgraph=True)
 
 
 def _snapshot(e: SpecEngine) -> list[torch.Tensor]:

@@ -38,6 +38,7 @@ class BenchConfig:
     depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
     modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
     cuda_graphs: bool = False  # replay captured rounds (CUDA only)
+    compile: bool = False  # rounds through torch.compile (fused kernels; captured as graphs with cuda_graphs)
     seed: int = 0
     hf_users: int = 0  # users for "hf" (0: same as users); HF is slow
     hf_max_batch: int = 0  # largest batch HF is timed at (0: all)
@@ -91,12 +92,14 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
 def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
     trie = catalog.trie.to(device)
     N = max(cfg.relaxed_beams if mode == "spec-relaxed" and cfg.relaxed_beams else cfg.draft_beams, K)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed) if not cfg.cuda_graphs else None
+    static = cfg.cuda_graphs or cfg.compile  # captured or compiled rounds sample from the global RNG
+    gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
     drafter = DraftModelDrafter(draft, trie, N, cfg.draft_expand) if mode != "ar" else None
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
-    width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if cfg.cuda_graphs else None  # one graph shape
+    width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if static else None  # one round shape
     return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,
-                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=cfg.depths)
+                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=cfg.depths,
+                      compile=cfg.compile)
 
 
 def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:

@@ -334,7 +334,8 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
                   out: str = typer.Option(..., help="run folder (checkpoints, resume)"),
                   size: str = typer.Option("draft", help="draft model preset: tiny, draft, demo, small, ..."),
                   epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, alpha: float = 0.7,
-                  K: int = typer.Option(20, "--K", help="AtSpeed-S: the student top-K its reverse KL keeps apart (DistillConfig.K)"), warmup_steps: int = 100,
+                  K: int = typer.Option(20, "--K", help="AtSpeed-S: the student top-K its reverse KL keeps apart (DistillConfig.K)"),
+                  beta: float = typer.Option(1.0, help="AtSpeed-S: weight of the density (entropy) term"), warmup_steps: int = 100,
                   eval_users: int = 200, eval_every: int = 0, eval_K: int = typer.Option(10, "--eval-K"),
                   draft_beams: int = 40, gamma: int = 3, max_steps: int = 0, time_limit_s: float = 0.0,
                   threads: int = 0, seed: int = 0, device: str = "cpu", index_dir: Optional[str] = INDEX_DIR):
@@ -348,7 +349,7 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
     from recspec.models.decoder import Decoder
     from recspec.training.distill import distill
 
-    cfg = _checked(DistillConfig, objective=objective, alpha=alpha, K=K, epochs=epochs, batch_size=batch_size, lr=lr,
+    cfg = _checked(DistillConfig, objective=objective, alpha=alpha, K=K, beta=beta, epochs=epochs, batch_size=batch_size, lr=lr,
                    warmup_steps=warmup_steps, eval_every=eval_every, eval_users=eval_users, eval_K=eval_K,
                    draft_beams=draft_beams, gamma=gamma, seed=seed, max_steps=max_steps, time_limit_s=time_limit_s,
                    threads=threads)

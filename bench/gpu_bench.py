@@ -189,8 +189,9 @@ def main():
                                           "expand") if k in r} for r in swept]
     else:
         extra_sweep = []
-    for batch, users, hf_users, N, gamma, expand in ((1, args.users, args.hf_users, N1, gamma1, expand1),
-                                                     (64, args.users_b64, 128, 40, args.gamma, 2.0)):
+    shapes = {1: (N1, gamma1, expand1), 64: (40, args.gamma, 2.0)}  # batch -> draft beams N, gamma, expand
+    for batch, users, hf_users in ((1, args.users, args.hf_users), (64, args.users_b64, 128)):
+        N, gamma, expand = shapes[batch]
         cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma, draft_expand=expand,
                           compile=args.compile,
                           cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol, relaxed_beams=args.relaxed_beams)
@@ -205,9 +206,9 @@ def main():
     for r in rows:
         r["drafter"] = "ce" if r["mode"].startswith("spec") else None
         if r["drafter"]:
-            N = N1 if r["batch"] == 1 else 40
+            N, gamma, expand = shapes[r["batch"]]
             r.update(draft_beams=max(args.relaxed_beams, r["K"]) if r["mode"] == "spec-relaxed" else max(N, r["K"]),
-                     gamma=gamma1 if r["batch"] == 1 else args.gamma, expand=expand1 if r["batch"] == 1 else 2.0)
+                     gamma=gamma, expand=expand)
         if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10:
             r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         if r["drafter"] is None:

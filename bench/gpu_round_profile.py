@@ -62,7 +62,8 @@ def kernels(fn) -> int:
 
 
 def profile_round(eng: SpecEngine, first: bool, d: int) -> dict:
-    """Phases of one round from the engine's current state: draft, target pass, verify, commit."""
+    """Phases of one round from the engine's current state: draft, target pass, verify, commit
+    (an engine without a drafter is AR: no draft, no tree, nothing to commit)."""
     lay, beams = eng.lay, eng.beams
     frontier = SB._frontier(beams, lay, not first)
     box = {}
@@ -70,34 +71,27 @@ def profile_round(eng: SpecEngine, first: bool, d: int) -> dict:
     def draft():
         box["tree"] = eng.drafter.propose(frontier, d, False, None) if d else None
 
-    draft()
-    tree = box["tree"]
-
     def score():
-        box["lp"] = SB._score(eng.target, eng.cache, eng.prompts, eng.keys, lay, frontier, tree)
-
-    score()
-    lb, lt = box["lp"]
+        box["lp"] = SB._score(eng.target, eng.cache, eng.prompts, eng.keys, lay, frontier, box["tree"])
 
     def verify():
-        box["v"] = SB._verify(eng.trie, lay, beams, lb, lt, tree, lay.K, "strict", None, False)
-
-    verify()
-    _, verdict = box["v"]
+        box["v"] = SB._verify(eng.trie, lay, beams, *box["lp"], box["tree"], lay.K, "strict", None, False)
 
     def commit():
-        eng.cache.copy_slots(verdict.copy_src, verdict.copy_dst)
-        eng.drafter.observe(verdict)
+        eng.cache.copy_slots(box["v"][1].copy_src, box["v"][1].copy_dst)
+        eng.drafter.observe(box["v"][1])
 
     def whole():
         eng._round(first, d, PhaseClock())
 
-    out = {"first": first, "d": d}
-    for name, fn in (("draft", draft), ("target_pass", score), ("verify", verify), ("commit", commit), ("round", whole)):
-        out[name + "_ms"] = round(replay_ms(fn), 4)
-        out[name + "_kernels"] = kernels(fn)
-    tokens = (eng.prompts.tokens.shape[1] if first else lay.K) + d * lay.N
-    out["target_tokens"] = tokens
+    for fn in (draft, score, verify):  # fills box for the phases that read earlier ones
+        fn()
+    phases = [("draft", draft), ("target_pass", score), ("verify", verify), ("commit", commit)]
+    out = {"first": first, "d": d, "target_tokens": (eng.prompts.tokens.shape[1] if first else lay.K) + d * lay.N}
+    for name, fn in phases + [("round", whole)]:
+        timed = eng.drafter is not None or name not in ("draft", "commit")
+        out[name + "_ms"] = round(replay_ms(fn), 4) if timed else 0.0
+        out[name + "_kernels"] = kernels(fn) if timed else 0
     return out
 
 
@@ -130,7 +124,7 @@ def main() -> None:
         ar = SpecEngine(target, None, trie, K=args.K, N=args.K, gamma=0, prompt_width=width, cuda_graphs=not args.cpu_smoke)
         ar._load(prompts)
         ar._round(True, 0, PhaseClock())
-        rows.append({"mode": "ar", "N": args.K, **{k: v for k, v in profile_round_ar(ar).items()}})
+        rows.append({"mode": "ar", "N": args.K, **profile_round(ar, False, 0)})
         for N in args.N:
             for d in (1, 2, 4):
                 eng = SpecEngine(target, DraftModelDrafter(draft, trie, N), trie, K=args.K, N=N, gamma=4, prompt_width=width, cuda_graphs=not args.cpu_smoke)
@@ -150,33 +144,6 @@ def main() -> None:
               f"{r['target_pass_ms']:7.3f} {r['verify_ms']:7.3f} {r['commit_ms']:7.3f} {r['round_ms']:7.3f}   "
               f"{r['draft_kernels']}/{r['target_pass_kernels']}/{r['verify_kernels']}/{r['commit_kernels']}")
     print("wrote", path)
-
-
-def profile_round_ar(eng: SpecEngine) -> dict:
-    """The AR decode round (not first): target pass over the K pending beams, then one level."""
-    lay, beams = eng.lay, eng.beams
-    frontier = SB._frontier(beams, lay, True)
-    box = {}
-
-    def score():
-        box["lp"] = SB._score(eng.target, eng.cache, eng.prompts, eng.keys, lay, frontier, None)
-
-    score()
-
-    def verify():
-        box["v"] = SB._verify(eng.trie, lay, beams, box["lp"][0], None, None, lay.K, "strict", None, False)
-
-    verify()
-
-    def whole():
-        eng._round(False, 0, PhaseClock())
-
-    out = {"first": False, "d": 0, "draft_ms": 0.0, "draft_kernels": 0, "commit_ms": 0.0, "commit_kernels": 0,
-           "target_tokens": lay.K}
-    for name, fn in (("target_pass", score), ("verify", verify), ("round", whole)):
-        out[name + "_ms"] = round(replay_ms(fn), 4)
-        out[name + "_kernels"] = kernels(fn)
-    return out
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from recspec.config import parse_depths  # noqa: E402
 from recspec.evaluation.bench import BenchConfig, engine_call, make_engine, row_for, time_calls  # noqa: E402
 from recspec.evaluation.evaluate import target_sids  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
@@ -31,7 +32,7 @@ def parse_grid(text: str) -> list[tuple[int, tuple[int, ...], float]]:
     for part in text.split(","):
         try:
             n, g, e = part.split(":")
-            out.append((int(n), tuple(int(x) for x in g.split("/")), float(e)))
+            out.append((int(n), parse_depths(g, "/"), float(e)))
         except ValueError:
             raise SystemExit(f"--grid entry {part!r}: expected N:gamma:expand, e.g. 40:2:1 or 40:1/3/2:0")
     return out

@@ -89,13 +89,13 @@ DEPTHS = typer.Option("", help="draft depth by the SID level a round starts from
 
 
 def parse_depths(text: str) -> tuple[int, ...]:
-    """'1,3,2' -> (1, 3, 2); '' -> (). A bad entry is a one-line error naming it."""
-    out = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if not part.isdigit():
-            raise typer.BadParameter(f"--depths {text!r}: {part!r} is not a depth (non-negative integers, e.g. 1,3,2)")
-        out.append(int(part))
-    return tuple(out)
+    """--depths '1,3,2' -> (1, 3, 2); a bad entry is a one-line error naming it."""
+    from recspec.config import parse_depths as parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise typer.BadParameter(f"--{e}") from None
 
 
 def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, depths="") -> DecodeConfig:

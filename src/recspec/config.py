@@ -87,6 +87,16 @@ class DecodeConfig:
     seed: int = 0  # for relaxed verification's sampling
 
 
+def parse_depths(text: str, sep: str = ",") -> tuple[int, ...]:
+    """'1,3,2' -> (1, 3, 2); '' -> () (DecodeConfig.depths). A bad entry raises ValueError naming it."""
+    out = []
+    for part in (p.strip() for p in text.split(sep) if p.strip()):
+        if not part.isdigit():
+            raise ValueError(f"depths {text!r}: {part!r} is not a depth (non-negative integers, e.g. 1{sep}3{sep}2)")
+        out.append(int(part))
+    return tuple(out)
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 

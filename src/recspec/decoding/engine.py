@@ -42,10 +42,9 @@ class SpecEngine:
         if any(d < 0 for d in depths):
             raise ValueError(f"draft depths must be >= 0, got {depths}")
         self.depths = depths
-        gamma_max = max((gamma, *depths))
         self.target, self.drafter, self.trie = target, drafter, trie
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
-        self.gamma_max = gamma_max
+        self.gamma_max = max((gamma, *depths))  # tree slots the layout reserves
         self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
         self.static = cuda_graphs or compile  # fixed shapes per (first, d): no host sync inside a round
         self._round_fn = _compiled_round() if compile else spec_round

@@ -32,9 +32,10 @@ from recspec.models.hf import load_checkpoint  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
 from recspec.training.train import train  # noqa: E402
 
-# 556M parameters: LLaMA blocks, wide and shallow (8 layers of 2560): a decode step is 3.3x its weight-read
-# floor here against 5.9x for 20 layers of 1536 (bench/gpu_probe.py), kernel launches being the rest
-TARGET = dict(hidden_size=2560, num_layers=8, num_heads=20, num_kv_heads=4, intermediate_size=6912)
+# 1.24B parameters: LLaMA blocks, wide and shallow (8 layers of 3840). Kernel launches, not weight reads, set a
+# decode step's time at this size: a compiled AR round is 1.17 ms against a 0.62 ms floor here, 0.77 ms against
+# 0.27 ms for 8 layers of 2560 (556M) (bench/results/gpu_round_profile_h200_compiled.json)
+TARGET = dict(hidden_size=3840, num_layers=8, num_heads=30, num_kv_heads=6, intermediate_size=10240)
 DRAFT = dict(hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=1376)
 
 
@@ -60,33 +61,18 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, 
     return best, best32
 
 
-def fp32_exactness(target32, draft32, cat, examples, K: int, users: int, N: int, gamma: int) -> dict:
+def fp32_exactness(target32, draft32, cat, examples, K: int, users: int, N: int, gamma: int, expand: float,
+                   depths: tuple[int, ...], widths: tuple[int, ...]) -> dict:
     """AR vs strict speculative beam search, both graph-replayed, in fp32 on the GPU: lists must match."""
     from recspec.evaluation.bench import count_mismatches, engine_call, time_calls
 
-    cfg = BenchConfig(cuda_graphs=True, draft_beams=N, gamma=gamma)
+    cfg = BenchConfig(cuda_graphs=True, draft_beams=N, gamma=gamma, draft_expand=expand, depths=depths, widths=widths)
     batches = [[i] for i in range(users)]
     runs = {m: time_calls(engine_call(make_engine(m, target32, draft32, cat, K, cfg, "cuda"), cat, examples, "cuda"),
                           batches, 2, "cuda") for m in ("ar", "spec-strict")}
     diff, ties = count_mismatches(runs["ar"], runs["spec-strict"], 1e-4)
     gap = max(abs(a - b) for x, y in zip(runs["ar"].scores, runs["spec-strict"].scores) for a, b in zip(x, y))
     return {"users": users, "K": K, "mismatches": diff, "ties_1e-4": ties, "max_score_diff": gap}
-
-
-def profile(target, draft, cat, examples):
-    """Top CUDA kernels of one eager AR call (b=1) and one eager strict call (b=64), K=10."""
-    from torch.profiler import ProfilerActivity, profile as prof
-
-    for mode, b in (("ar", 1), ("spec-strict", 64)):
-        eng = make_engine(mode, target, draft, cat, 10, BenchConfig(draft_beams=40), "cuda")
-        prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:b]]).to("cuda")
-        eng.run(prompts)
-        torch.cuda.synchronize()
-        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-            eng.run(prompts)
-            torch.cuda.synchronize()
-        print(f"--- profile {mode} b={b} (eager)")
-        print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
 def copy_bandwidth() -> float:
@@ -108,7 +94,7 @@ def ar_step_ms(target, cat, examples, K: int, compile: bool = False) -> float:
     eng = make_engine("ar", target, None, cat, K, BenchConfig(cuda_graphs=True, compile=compile), "cuda")
     prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
     eng.run(prompts)  # captures (first, 0) and (later, 0)
-    graph = eng._graphs[(False, 0)]
+    graph = eng._graphs[(False, 0, None)]
     ts = []
     for _ in range(50):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -138,22 +124,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".data/beauty")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
-    ap.add_argument("--target-time", type=float, default=170)
+    ap.add_argument("--target-time", type=float, default=200)
     ap.add_argument("--draft-time", type=float, default=50)
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--users-b64", type=int, default=512)
     ap.add_argument("--hf-users", type=int, default=30)
     ap.add_argument("--Ks", default="1,5,10,20")
-    ap.add_argument("--N1", type=int, default=128, help="draft beams at batch 1 (a wide tree is cheap there)")
+    ap.add_argument("--N1", type=int, default=96, help="draft beams at batch 1 (a wide tree is cheap there)")
     ap.add_argument("--gamma", type=int, default=3)
-    ap.add_argument("--gamma1", type=int, default=4, help="draft depth at batch 1")
+    ap.add_argument("--gamma1", type=int, default=2, help="draft depth at batch 1")
+    ap.add_argument("--depths1", default="1,2,2", help="batch-1 draft depth by the SID level a round starts from")
+    ap.add_argument("--widths1", default="91,24,24,24", help="batch-1 tree widths by SID level (91: every level-1 code)")
+    ap.add_argument("--expand1", type=float, default=0.0)
     ap.add_argument("--lr", type=float, default=1e-3, help="target learning rate")
     ap.add_argument("--target-epochs", type=int, default=4)
     ap.add_argument("--exact-users", type=int, default=100, help="users of the fp32 exactness check")
     ap.add_argument("--relaxed-beams", type=int, default=20, help="draft beams N for relaxed verification")
-    ap.add_argument("--sweep", default="16:2:1,16:4:1,20:2:1,20:3:1,20:4:1,32:2:1,32:4:1,40:2:1,40:4:2,64:4:1,128:4:2",
+    ap.add_argument("--sweep", default="",
                     help="N:gamma:expand tree shapes tried for batch 1 ('' : none, use --N1/--gamma1)")
-    ap.add_argument("--compile", action="store_true", help="rounds through torch.compile, then captured as graphs")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip the compiled K=10 batch-1 run (torch.compile'd rounds captured as graphs)")
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -166,7 +156,11 @@ def main():
     target, target32 = train_model(cat, TARGET, "/tmp/rs/target", tcfg, 0)
     dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=300, time_limit_s=args.draft_time)
     draft, draft32 = train_model(cat, DRAFT, "/tmp/rs/draft", dcfg, 1)
-    exact = fp32_exactness(target32, draft32, cat, test, 10, args.exact_users, args.N1, args.gamma1)
+    from recspec.config import parse_depths
+
+    depths1, widths1 = parse_depths(args.depths1), parse_depths(args.widths1, what="widths")
+    exact = fp32_exactness(target32, draft32, cat, test, 10, args.exact_users, args.N1, args.gamma1, args.expand1,
+                           depths1, widths1)
     log("fp32 exactness on the GPU (graph replay, b=1):", exact)
     tp, dp = target.cfg.num_parameters(), draft.cfg.num_parameters()
     log(f"target {tp / 1e6:.1f}M params, draft {dp / 1e6:.2f}M ({tp / dp:.0f}x)")
@@ -175,8 +169,7 @@ def main():
     hf = to_transformers(target)
     rows = []
     Ks = tuple(int(k) for k in args.Ks.split(","))
-    profile(target, draft, cat, test)
-    N1, gamma1, expand1 = args.N1, args.gamma1, 2.0
+    N1, gamma1, expand1 = args.N1, args.gamma1, args.expand1
     if args.sweep:  # tree shape for batch 1, chosen on other test users than the ones timed below
         from tree_sweep import parse_grid, sweep
 
@@ -189,27 +182,38 @@ def main():
                                           "expand") if k in r} for r in swept]
     else:
         extra_sweep = []
-    shapes = {1: (N1, gamma1, expand1), 64: (40, args.gamma, 2.0)}  # batch -> draft beams N, gamma, expand
-    for batch, users, hf_users in ((1, args.users, args.hf_users), (64, args.users_b64, 128)):
-        N, gamma, expand = shapes[batch]
-        cfg = BenchConfig(Ks=Ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma, draft_expand=expand,
-                          compile=args.compile,
+    # batch -> draft beams N, gamma, expand, depth schedule, widths
+    shapes = {1: (N1, gamma1, expand1, depths1, widths1), 64: (40, args.gamma, 2.0, (), ())}
+    runs = [(1, Ks, args.users, args.hf_users, False, BenchConfig.modes), (64, Ks, args.users_b64, 128, False, BenchConfig.modes)]
+    if not args.no_compile:  # the acceptance point, compiled: AR and strict (relaxed's draw loop is slow to compile)
+        runs.insert(1, (1, (10,), args.users, 0, True, ("ar", "spec-strict")))
+    for batch, ks, users, hf_users, compiled, modes in runs:
+        N, gamma, expand, depths, widths = shapes[batch]
+        cfg = BenchConfig(Ks=ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma, draft_expand=expand,
+                          depths=depths, widths=widths, compile=compiled, modes=modes,
                           cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol, relaxed_beams=args.relaxed_beams)
+        t1 = time.time()
         try:
-            rows += run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r),
-                              reference=target32)
+            new = run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r),
+                            reference=target32)
         except Exception:  # keep what was measured; say what broke
             traceback.print_exc()
+            new = []
+        for r in new:
+            r["compiled"] = compiled
+        rows += new
+        log(f"batch {batch} Ks {ks} compiled={compiled}: {time.time() - t1:.0f} s")
+        write_results(rows, os.path.join(args.out, "gpu_topk_partial.json"), "cuda", command="partial", extra={})
     bw = copy_bandwidth()
     floor_ms = tp * 2 / bw * 1e3
-    step = ar_step_ms(target, cat, test, 10, args.compile)
+    step = ar_step_ms(target, cat, test, 10, not args.no_compile)
     for r in rows:
         r["drafter"] = "ce" if r["mode"].startswith("spec") else None
         if r["drafter"]:
-            N, gamma, expand = shapes[r["batch"]]
+            N, gamma, expand, depths, widths = shapes[r["batch"]]
             r.update(draft_beams=max(args.relaxed_beams, r["K"]) if r["mode"] == "spec-relaxed" else max(N, r["K"]),
-                     gamma=gamma, expand=expand)
-        if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10:
+                     gamma=gamma, expand=expand, depths="/".join(map(str, depths)), widths="/".join(map(str, widths)))
+        if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10 and r["compiled"] == (not args.no_compile):
             r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         if r["drafter"] is None:
             del r["drafter"]
@@ -219,10 +223,10 @@ def main():
     path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), "cuda",
                          command="PYTHONPATH=src python3 " + " ".join(sys.argv), extra=extra)
     log("wrote", path, json.dumps(extra))
-    print(f"{'mode':13s} {'K':>3s} {'b':>3s} {'ms':>9s} {'u/s':>8s} {'xAR':>6s} {'xHF':>6s} {'acc':>5s} {'calls':>5s} {'mis':>4s} {'ties':>4s} {'R@K':>6s}")
+    print(f"{'mode':13s} {'c':1s} {'K':>3s} {'b':>3s} {'ms':>9s} {'u/s':>8s} {'xAR':>6s} {'xHF':>6s} {'acc':>5s} {'calls':>5s} {'mis':>4s} {'ties':>4s} {'R@K':>6s}")
     for r in rows:
         k = r["K"]
-        print(f"{r['mode']:13s} {r['K']:3d} {r['batch']:3d} {r['median_ms']:9.3f} {r['users_per_s']:8.1f} "
+        print(f"{r['mode']:13s} {int(r['compiled'])} {r['K']:3d} {r['batch']:3d} {r['median_ms']:9.3f} {r['users_per_s']:8.1f} "
               f"{r.get('speedup_vs_ar', 0):6.2f} {r.get('speedup_vs_hf', 0):6.2f} {r.get('accepted_levels', 0):5.2f} "
               f"{r.get('target_calls', 0):5.2f} {r.get('mismatches', -1):4d} {r.get('mismatches_ties', -1):4d} "
               f"{r.get(f'recall@{k}', 0):6.4f}")

@@ -61,7 +61,7 @@ def kernels(fn) -> int:
     return sum(1 for e in p.events() if str(e.device_type).endswith("CUDA"))
 
 
-def profile_round(eng: SpecEngine, first: bool, d: int) -> dict:
+def profile_round(eng: SpecEngine, first: bool, d: int, widths=None) -> dict:
     """Phases of one round from the engine's current state: draft, target pass, verify, commit
     (an engine without a drafter is AR: no draft, no tree, nothing to commit)."""
     lay, beams = eng.lay, eng.beams
@@ -69,7 +69,9 @@ def profile_round(eng: SpecEngine, first: bool, d: int) -> dict:
     box = {}
 
     def draft():
-        box["tree"] = eng.drafter.propose(frontier, d, False, None) if d else None
+        if first:
+            eng.drafter.prefill()
+        box["tree"] = eng.drafter.propose(frontier, d, False, None, widths) if d else None
 
     def score():
         box["lp"] = SB._score(eng.target, eng.cache, eng.prompts, eng.keys, lay, frontier, box["tree"])
@@ -82,17 +84,46 @@ def profile_round(eng: SpecEngine, first: bool, d: int) -> dict:
         eng.drafter.observe(box["v"][1])
 
     def whole():
-        eng._round(first, d, PhaseClock())
+        eng._round(first, d, PhaseClock(), widths)
 
     for fn in (draft, score, verify):  # fills box for the phases that read earlier ones
         fn()
     phases = [("draft", draft), ("target_pass", score), ("verify", verify), ("commit", commit)]
-    out = {"first": first, "d": d, "target_tokens": (eng.prompts.tokens.shape[1] if first else lay.K) + d * lay.N}
+    fed = sum(widths) if widths else d * lay.N
+    out = {"first": first, "d": d, "widths": "/".join(map(str, widths or ())),
+           "target_tokens": (eng.prompts.tokens.shape[1] if first else lay.K) + fed}
     for name, fn in phases + [("round", whole)]:
         timed = eng.drafter is not None or name not in ("draft", "commit")
         out[name + "_ms"] = round(replay_ms(fn), 4) if timed else 0.0
         out[name + "_kernels"] = kernels(fn) if timed else 0
     return out
+
+
+def engine_round_ms(eng: SpecEngine, first: bool, d: int, widths) -> float:
+    """The engine's own captured graph of one round (compiled or not), replayed: median ms."""
+    graph = eng._graphs[("profiled", first, d, widths)] = eng._capture(first, d, widths)  # alive: graphs share a pool
+    ts = []
+    for _ in range(50):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); graph.replay(); b.record(); torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts[5:])
+
+
+def call_ms(eng: SpecEngine, prompts, reps: int = 30) -> float:
+    """Median wall time of one whole engine.run (host syncs, set-up and result included)."""
+    import time
+
+    for _ in range(3):
+        eng.run(prompts)
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res, _ = eng.run(prompts)
+        res.sids.tolist()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
 
 
 def main() -> None:
@@ -101,13 +132,21 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--K", type=int, default=10)
     ap.add_argument("--N", type=int, nargs="+", default=[16, 40, 128])
+    ap.add_argument("--target", default="", help="target shape as JSON (default: the benchmark's 556M)")
+    ap.add_argument("--widths", default="", help="tree widths by SID level for an extra spec case, e.g. 91,48,24,16")
+    ap.add_argument("--compile", action="store_true", help="also time compiled rounds (whole rounds only)")
+    ap.add_argument("--phases", action="store_true", help="per-phase split of eager-graph rounds")
     ap.add_argument("--cpu-smoke", action="store_true", help="check the script's logic on the CPU: eager, tiny models")
     args = ap.parse_args()
     dev = "cpu" if args.cpu_smoke else "cuda"
+    global replay_ms, kernels, TARGET, DRAFT, engine_round_ms, call_ms
+    if args.target:
+        TARGET = json.loads(args.target)
     if args.cpu_smoke:
-        global replay_ms, kernels, TARGET, DRAFT
         replay_ms = lambda fn, reps=3: (fn(), 0.0)[1]  # noqa: E731
         kernels = lambda fn: 0  # noqa: E731
+        engine_round_ms = lambda eng, first, d, widths: (eng._round(first, d, PhaseClock(), widths), 0.0)[1]  # noqa: E731
+        call_ms = lambda eng, prompts: (eng.run(prompts), 0.0)[1]  # noqa: E731
         TARGET = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
         DRAFT = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
     torch.manual_seed(0)
@@ -119,30 +158,59 @@ def main() -> None:
     draft = Decoder(ModelConfig(vocab_size=V, **DRAFT)).to(dev).to(dtype).eval().fuse_for_inference()
     prompts = build_prompts(cat.vocab, cat.index, [list(cat.data.test)[0].history]).to(dev)
     width = 1 + HISTORY_LEN * (trie.num_levels + 1)
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else ()
+    graphs = not args.cpu_smoke
     rows = []
+
+    def engine(N, compile, ws=()):
+        d = DraftModelDrafter(draft, trie, N, 0.0 if ws else 2.0) if N else None
+        e = SpecEngine(target, d, trie, K=args.K, N=max(N, args.K), gamma=4 if N else 0, prompt_width=width,
+                       cuda_graphs=graphs, compile=compile, widths=ws)
+        e._load(prompts)
+        return e
+
     with torch.no_grad():
-        ar = SpecEngine(target, None, trie, K=args.K, N=args.K, gamma=0, prompt_width=width, cuda_graphs=not args.cpu_smoke)
-        ar._load(prompts)
-        ar._round(True, 0, PhaseClock())
-        rows.append({"mode": "ar", "N": args.K, **profile_round(ar, False, 0)})
-        for N in args.N:
-            for d in (1, 2, 4):
-                eng = SpecEngine(target, DraftModelDrafter(draft, trie, N), trie, K=args.K, N=N, gamma=4, prompt_width=width, cuda_graphs=not args.cpu_smoke)
-                eng._load(prompts)
-                r1 = profile_round(eng, True, d)
-                eng._round(True, d, PhaseClock())
-                r2 = profile_round(eng, False, min(d, 2))
-                rows += [{"mode": "spec-strict", "N": N, **r1}, {"mode": "spec-strict", "N": N, **r2}]
-                print(rows[-2], "\n", rows[-1], flush=True)
+        for compile in (False, True) if args.compile else (False,):
+            import time
+
+            t0 = time.perf_counter()
+            ar = engine(0, compile)
+            r = {"mode": "ar", "compiled": compile, "N": args.K, "first": True, "d": 0,
+                 "round_ms": round(engine_round_ms(ar, True, 0, None), 4)}
+            ar._round(True, 0, PhaseClock())
+            r2 = {"mode": "ar", "compiled": compile, "N": args.K, "first": False, "d": 0,
+                  "round_ms": round(engine_round_ms(ar, False, 0, None), 4)}
+            r2["call_ms"] = round(call_ms(ar, prompts), 4)
+            r2["setup_s"] = round(time.perf_counter() - t0, 1)
+            rows += [r, r2]
+            print(r, "\n", r2, flush=True)
+            cases = [(N, ()) for N in args.N] + ([(max(args.N), widths)] if widths else [])
+            if compile:  # compiling takes a while per round shape: the last case only
+                cases = cases[-1:]
+            for N, ws in cases:
+                t0 = time.perf_counter()
+                eng = engine(N, compile, ws)
+                for first, d in ((True, 4), (True, 2), (False, 2)):
+                    w = eng.widths_from(0 if first else 2, d)
+                    if not first:
+                        eng._load(prompts)
+                        eng._round(True, 2, PhaseClock(), eng.widths_from(0, 2))
+                    row = {"mode": "spec-strict", "compiled": compile, "N": N, "widths": "/".join(map(str, ws)),
+                           "first": first, "d": d, "round_ms": round(engine_round_ms(eng, first, d, w), 4)}
+                    if args.phases and not compile:
+                        row.update(profile_round(eng, first, d, w))
+                    rows.append(row)
+                    print(row, flush=True)
+                rows[-1]["call_ms"] = round(call_ms(eng, prompts), 4)
+                rows[-1]["setup_s"] = round(time.perf_counter() - t0, 1)
     path = os.path.join(args.out, "gpu_round_profile.json")
     with open(path, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "K": args.K, "target": TARGET, "draft": DRAFT, "rows": rows}, f, indent=1)
-    print(f"{'mode':12s} {'N':>4s} {'first':>5s} {'d':>2s} {'tok':>4s} {'draft':>7s} {'target':>7s} {'verify':>7s} "
-          f"{'commit':>7s} {'round':>7s}   kernels d/t/v/c")
+        json.dump({"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "K": args.K, "target": TARGET,
+                   "target_params": target.cfg.num_parameters(), "draft": DRAFT, "rows": rows}, f, indent=1)
+    print(f"{'mode':12s} {'cmp':>3s} {'N':>4s} {'widths':>12s} {'first':>5s} {'d':>2s} {'round':>7s} {'call':>7s}")
     for r in rows:
-        print(f"{r['mode']:12s} {r['N']:4d} {str(r['first']):>5s} {r['d']:2d} {r['target_tokens']:4d} {r['draft_ms']:7.3f} "
-              f"{r['target_pass_ms']:7.3f} {r['verify_ms']:7.3f} {r['commit_ms']:7.3f} {r['round_ms']:7.3f}   "
-              f"{r['draft_kernels']}/{r['target_pass_kernels']}/{r['verify_kernels']}/{r['commit_kernels']}")
+        print(f"{r['mode']:12s} {int(r['compiled']):3d} {r['N']:4d} {r.get('widths', ''):>12s} {str(r['first']):>5s} "
+              f"{r['d']:2d} {r['round_ms']:7.3f} {r.get('call_ms', 0):7.3f}")
     print("wrote", path)
 
 

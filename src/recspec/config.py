@@ -83,16 +83,17 @@ class DecodeConfig:
     gamma: int = 3  # draft depth: levels drafted per round
     draft_expand: float = 2.0  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
     depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
+    widths: tuple[int, ...] = ()  # most drafted nodes per tree level, by SID level (N past the end)
     verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
     seed: int = 0  # for relaxed verification's sampling
 
 
-def parse_depths(text: str, sep: str = ",") -> tuple[int, ...]:
-    """'1,3,2' -> (1, 3, 2); '' -> () (DecodeConfig.depths). A bad entry raises ValueError naming it."""
+def parse_depths(text: str, sep: str = ",", what: str = "depths") -> tuple[int, ...]:
+    """'1,3,2' -> (1, 3, 2); '' -> () (DecodeConfig.depths, .widths). A bad entry raises ValueError naming it."""
     out = []
     for part in (p.strip() for p in text.split(sep) if p.strip()):
         if not part.isdigit():
-            raise ValueError(f"depths {text!r}: {part!r} is not a depth (non-negative integers, e.g. 1{sep}3{sep}2)")
+            raise ValueError(f"{what} {text!r}: {part!r} is not a {what.rstrip('s')} (non-negative integers, e.g. 1{sep}3{sep}2)")
         out.append(int(part))
     return tuple(out)
 

@@ -52,7 +52,8 @@ class Recommender:
         drafter = DraftModelDrafter(self.draft, trie, max(self.cfg.draft_beams, K), self.cfg.draft_expand) if self.draft is not None else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         return SpecEngine(self.target, drafter, trie, K=K, N=max(self.cfg.draft_beams, K), gamma=self.cfg.gamma,
-                          verify=self.cfg.verify, generator=gen, depths=self.cfg.depths)
+                          verify=self.cfg.verify, generator=gen, depths=self.cfg.depths,
+                          widths=self.cfg.widths)
 
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[int]], K: int | None = None) -> tuple[BeamResult, SpecStats]:

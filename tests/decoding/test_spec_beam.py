@@ -181,6 +181,56 @@ def test_depth_schedule_stays_exact(beauty, reference, K, N, depths, expand, dra
             assert (acc[on, r] <= depth_of(lo)).all(), f"round {r} accepted more levels than its depth {depth_of(lo)}"
 
 
+WIDTH_CASES = [  # (K, N, gamma, widths by SID level, expand, draft, batch, fixed shapes)
+    (10, 128, 3, (91, 40, 24, 16), 0.0, "noisy", BATCH, False), (10, 128, 3, (91, 40, 24, 16), 0.0, "noisy", BATCH, True),
+    (5, 40, 4, (10, 5, 5), 2.0, "random", 1, True), (20, 40, 2, (40, 20), 0.0, "self", 1, False),
+    (10, 64, 4, (64, 10, 30, 10), 1.0, "self", BATCH, True),
+]
+
+
+@pytest.mark.parametrize("K,N,gamma,widths,expand,draft,batch,fixed", WIDTH_CASES,
+                         ids=[f"K{c[0]}-N{c[1]}-g{c[2]}-w{'_'.join(map(str, c[3]))}-e{c[4]}-{c[5]}-b{c[6]}-{'fixed' if c[7] else 'eager'}"
+                              for c in WIDTH_CASES])
+def test_tree_widths_stay_exact(beauty, reference, K, N, gamma, widths, expand, draft, batch, fixed):
+    """At most widths[l - 1] drafted nodes at SID level l (the target fed only those, also with fixed
+    shapes): strict stays exact, and a full first level (the trie root's 91 codes) is always accepted."""
+    from recspec.decoding.engine import SpecEngine
+
+    L = beauty.trie.num_levels
+    width = max(p.tokens.shape[1] for p in beauty.prompts(batch))
+    for prompts, want in zip(beauty.prompts(batch), reference(K, batch)):
+        drafter = DraftModelDrafter(beauty.drafts[draft], beauty.trie, N, expand)
+        engine = SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=gamma, widths=widths,
+                            fixed_shapes=fixed, prompt_width=width if fixed else None)
+        got, stats = engine.run(prompts)
+        assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
+        torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
+        acc, _ = levels_table(stats, L, gamma)
+        if widths[0] >= 91 and N >= 91:
+            assert (acc[:, 0] >= 1).all(), "a tree holding every level-1 code must be accepted at level 1"
+
+
+def test_tree_width_caps_the_drafted_nodes(beauty):
+    """The drafter proposes at most widths[j] valid nodes at tree level j, and says so in `fed`."""
+    from recspec.decoding.engine import SpecEngine
+
+    drafter = DraftModelDrafter(beauty.drafts["random"], beauty.trie, 40, 0.0)
+    engine = SpecEngine(beauty.target, drafter, beauty.trie, K=10, N=40, gamma=3, widths=(30, 12))
+    assert engine.widths_from(0, 3) == (30, 12, 40) and engine.widths_from(1, 2) == (12, 40)
+    assert engine.widths_from(2, 2) is None  # no cap below N
+    engine._load(beauty.batched[0])
+    drafter.prefill()
+    from recspec.decoding.spec_beam import _frontier
+
+    tree = drafter.propose(_frontier(engine.beams, engine.lay, False), 3, False, None, (30, 12, 40))
+    assert tree.fed == (30, 12, 40)
+    valid = tree.valid.sum(dim=2)  # (B, d)
+    assert (valid[:, 0] <= 30).all() and (valid[:, 1] <= 12).all() and not tree.valid[:, 0, 30:].any()
+    assert (valid[:, 0] == 30).all()  # the root has 91 codes: the cap binds
+    with pytest.raises(ValueError, match="widths"):
+        SpecEngine(beauty.target, drafter, beauty.trie, K=10, N=40, gamma=3, widths=(30, 0))
+
+
 def test_compiled_rounds_stay_exact(beauty, reference):
     """torch.compile'd rounds (fixed shapes, one graph per round shape) return the target's beam search."""
     from recspec.decoding.engine import SpecEngine
@@ -218,16 +268,20 @@ def outcome_counts(res: BeamResult, U: int) -> np.ndarray:
     return np.bincount((res.sids[:, 0] * U + res.sids[:, 1]).numpy(), minlength=U * U)
 
 
-@pytest.mark.parametrize("N,gamma", [(2, 2), (4, 1)])
-def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma):
+@pytest.mark.parametrize("N,gamma,widths", [(2, 2, ()), (4, 1, ()), (4, 2, (3, 2))])
+def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths):
+    """widths: fewer drafted nodes (and draws) at some levels; the law must not change."""
+    from recspec.decoding.engine import SpecEngine
+
     vocab = Vocab.for_index(TOY)
     trie = build_trie(TOY, vocab)
     target = make_decoder(vocab, seed=5, std=0.25, num_layers=2)
     draft = make_decoder(vocab, seed=6, std=0.25)
     prompts = build_prompts(vocab, TOY, [[0, 4, 5]] * ROWS)
     K, U = 2, trie.num_sids
-    spec, stats = spec_beam_search(target, DraftModelDrafter(draft, trie, N), trie, prompts, K, N, gamma,
-                                   verify="relaxed", generator=torch.Generator().manual_seed(7))
+    engine = SpecEngine(target, DraftModelDrafter(draft, trie, N), trie, K=K, N=N, gamma=gamma, verify="relaxed",
+                        generator=torch.Generator().manual_seed(7), widths=widths)
+    spec, stats = engine.run(prompts)
     acc, _ = levels_table(stats, trie.num_levels, gamma)
     assert (acc == 0).any() and (acc > 0).any()  # both accepted drafts and residual sampling occur
     sampled = beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(8))

@@ -25,12 +25,19 @@ from recspec.models.decoder import Decoder
 class SpecEngine:
     def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
                  verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False,
-                 prompt_width: int | None = None, depths: tuple[int, ...] = (), compile: bool = False):
+                 prompt_width: int | None = None, depths: tuple[int, ...] = (), compile: bool = False,
+                 widths: tuple[int, ...] = (), fixed_shapes: bool = False):
         """prompt_width: left-pad every prompt to this many columns, so that batches of different
         prompt lengths share one buffer shape (and one set of CUDA graphs).
         depths: draft depth by the SID level a round starts from (depths[l] for rounds whose slowest
         user has produced l levels; gamma past its end). Wide top levels, where a draft is seldom
         right, can get a shallow tree and narrow deep levels, which a tree covers whole, a deep one.
+        widths: most drafted nodes per tree level by the SID level it drafts (widths[l - 1] for level
+        l; N past its end, and never above N). Level 1 has as many codes as the trie's root has
+        children, so a tree that holds them all is always accepted there; deep levels branch little.
+        The target is fed only these widths, also under graphs.
+        fixed_shapes: run rounds with the fixed shapes of graph replay (no trimming, no early exit)
+        without capturing anything, so that the CPU can test the math the graphs run.
         compile: run each round through torch.compile (one graph per round shape, fullgraph): fewer,
         fused kernels; with cuda_graphs the compiled round is what is captured. Rounds then keep fixed
         shapes (no tree trimming or early exit), as under graphs."""
@@ -41,15 +48,17 @@ class SpecEngine:
             raise ValueError("compile=True samples from torch's global RNG (seed it with torch.manual_seed); pass generator=None")
         if any(d < 0 for d in depths):
             raise ValueError(f"draft depths must be >= 0, got {depths}")
-        self.depths = depths
+        if any(w < 1 for w in widths):
+            raise ValueError(f"tree widths must be >= 1, got {widths}")
+        self.depths, self.widths = depths, tuple(widths) if drafter is not None else ()
         self.target, self.drafter, self.trie = target, drafter, trie
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
         self.gamma_max = max((gamma, *depths))  # tree slots the layout reserves
         self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
-        self.static = cuda_graphs or compile  # fixed shapes per (first, d): no host sync inside a round
+        self.static = cuda_graphs or compile or fixed_shapes  # fixed shapes per (first, d): no host sync inside a round
         self._round_fn = _compiled_round() if compile else spec_round
         self._shape: tuple[int, int] | None = None
-        self._graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
 
     # --- buffers ------------------------------------------------------------------------------
     def _allocate(self, B: int, T: int, device) -> None:
@@ -73,38 +82,41 @@ class SpecEngine:
             self._allocate(B, T, prompts.tokens.device)
         self.prompts.tokens.copy_(prompts.tokens)
         self.prompts.lengths.copy_(prompts.lengths)
-        self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
-        self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, prompts.tokens.device))
+        self.beams.level.zero_()  # the loop reads it before the first round resets the beams
         if self.drafter is not None:
-            self.drafter.start(self.prompts, self.lay)
+            self.drafter.start(self.prompts, self.lay)  # binds buffers; its prefill runs in the first round
 
     # --- one round ----------------------------------------------------------------------------
-    def _round(self, first: bool, d: int, clock: PhaseClock) -> None:
+    def _round(self, first: bool, d: int, clock: PhaseClock, widths: tuple[int, ...] | None = None) -> None:
+        if first:  # inside the round, so a graph of the first round captures the set-up too
+            B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
+            self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
+            self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, dev))
         active = self.beams.level <= self.lay.L
         beams, verdict = self._round_fn(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
                                         self.keys, self.beams, first, d, self.verify, self.gen, clock,
-                                        eager=not self.static)
+                                        eager=not self.static, widths=widths)
         self.beams.copy_(beams)
         self.accepted.copy_(torch.where(active, verdict.accepted, torch.full_like(verdict.accepted, -1)))
 
-    def _replay(self, first: bool, d: int) -> None:
-        key = (first, d)
+    def _replay(self, first: bool, d: int, widths: tuple[int, ...] | None) -> None:
+        key = (first, d, widths)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(first, d)
+            self._graphs[key] = self._capture(first, d, widths)
         self._graphs[key].replay()
 
-    def _capture(self, first: bool, d: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, first: bool, d: int, widths: tuple[int, ...] | None) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream (cuBLAS workspaces etc.), then capture the round."""
         saved = _snapshot(self)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._round(first, d, PhaseClock())
+            self._round(first, d, PhaseClock(), widths)
         torch.cuda.current_stream().wait_stream(side)
         _restore(self, saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=getattr(self, "_pool", None)):
-            self._round(first, d, PhaseClock())
+            self._round(first, d, PhaseClock(), widths)
         self._pool = graph.pool()
         _restore(self, saved)  # capture does not run the kernels, but keep state explicit
         return graph
@@ -121,10 +133,11 @@ class SpecEngine:
             if lo > L:
                 break
             d = min(self.depth_from(lo), max(L - lo, 0)) if self.drafter is not None else 0
+            widths = self.widths_from(lo, d)
             if self.graphs_on:
-                self._replay(first, d)
+                self._replay(first, d, widths)
             else:
-                self._round(first, d, clock)
+                self._round(first, d, clock, widths)
             stats.accepted.append(self.accepted.clone())
             first = False
         clock.phase(None)
@@ -134,6 +147,13 @@ class SpecEngine:
     def depth_from(self, level: int) -> int:
         """Tree depth of a round that starts after `level` SID levels."""
         return self.depths[level] if level < len(self.depths) else self.gamma
+
+    def widths_from(self, level: int, d: int) -> tuple[int, ...] | None:
+        """Most nodes per tree level of a round that starts after `level` SID levels (None: N each)."""
+        if not self.widths:
+            return None
+        w = tuple(min(self.N, self.widths[level + j]) if level + j < len(self.widths) else self.N for j in range(d))
+        return w if any(x < self.N for x in w) else None
 
     def _result(self) -> BeamResult:
         b = self.beams

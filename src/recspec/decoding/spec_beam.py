@@ -76,14 +76,17 @@ def initial_beams(B: int, K: int, L: int, lay: Layout, root: int, device) -> Bea
 
 def spec_round(target: Decoder, drafter: Drafter | None, trie: SIDTrie, lay: Layout, cache, prompts: Prompts,
                keys: torch.Tensor, beams: Beams, first: bool, d: int, verify: str, generator,
-               clock: PhaseClock, eager: bool) -> tuple[Beams, Verdict]:
+               clock: PhaseClock, eager: bool, widths: tuple[int, ...] | None = None) -> tuple[Beams, Verdict]:
     """One round: propose -> score (one target pass) -> verify -> commit.
 
-    eager=False (CUDA graphs): shapes depend on (first, d) only. eager=True allows host syncs that
-    save work: the target scores only each tree level's valid nodes, verification stops early."""
+    eager=False (CUDA graphs): shapes depend on (first, d, widths) only. eager=True allows host syncs
+    that save work: the target scores only each tree level's valid nodes, verification stops early.
+    widths: at most widths[j] drafted nodes at tree level j (static; None: N each)."""
     frontier = _frontier(beams, lay, not first)
     clock.phase("draft")
-    tree = drafter.propose(frontier, d, verify == "relaxed", generator) if d else None
+    if first and drafter is not None:
+        drafter.prefill()
+    tree = drafter.propose(frontier, d, verify == "relaxed", generator, widths) if d else None
     clock.phase("verify")
     logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree, trim=eager)
     beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, eager)
@@ -136,10 +139,11 @@ def _score(target: Decoder, cache, prompts: Prompts, keys, lay: Layout, f: Front
 
 
 def _tree_widths(tree: DraftTree, trim: bool) -> list[int]:
-    """Nodes fed per tree level: all N, or (trim) up to the last valid node of any user, at least 1."""
+    """Nodes fed per tree level: the drafter's static widths (all N if it set none), or (trim) up to
+    the last valid node of any user, at least 1."""
     N = tree.tokens.shape[2]
     if not trim:
-        return [N] * tree.depth
+        return list(tree.fed) if tree.fed is not None else [N] * tree.depth
     last = (tree.valid * torch.arange(1, N + 1, device=tree.valid.device)).amax(dim=(0, 2))  # (d,)
     return [max(int(w), 1) for w in last.tolist()]  # host sync (eager only): the widths shape the call
 
@@ -223,6 +227,8 @@ def _relaxed_inputs(tree: DraftTree, j, beam_node, M, V):
     k = beam_of.gather(1, par)
     draws = torch.where(k >= 0, k * V + tok, -1)
     draw_logq = logq.reshape(B, P * V).gather(1, par * V + tok)
+    if tree.fed is not None:  # draws past the level's width are padding: no draw
+        draw_logq = draw_logq.masked_fill(torch.arange(node.shape[1], device=node.device)[None] >= tree.fed[j], float("-inf"))
     return q_on_p, draws, draw_logq
 
 

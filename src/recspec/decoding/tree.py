@@ -55,6 +55,7 @@ class DraftTree:
     valid: torch.Tensor  # (B, d, N) bool: a real, distinct, trie-valid node
     draws: torch.Tensor | None = None  # (B, d, N) node of each of N i.i.d. draws from q (sampling drafts)
     logq: torch.Tensor | None = None  # (B, d, P, V) draft log q over extensions of level j's parents (P = max(N, K))
+    fed: tuple[int, ...] | None = None  # per level, how many leading nodes can be valid (static; None: all N)
 
     @property
     def depth(self) -> int:

@@ -38,11 +38,17 @@ class Verdict:
 
 class Drafter(Protocol):
     def start(self, prompts: Prompts, layout: Layout) -> None:
-        """Read the prompts (e.g. prefill a draft model's cache laid out as `layout`)."""
+        """Bind the engine's (static) prompt buffers and cache layout; allocate buffers. No model work:
+        that is `prefill`, which runs inside the first round (so CUDA graphs capture it)."""
 
-    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None) -> DraftTree:
+    def prefill(self) -> None:
+        """First-round work on the bound prompts (e.g. fill a draft model's cache with them)."""
+
+    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
+                widths: tuple[int, ...] | None = None) -> DraftTree:
         """Draft `depth` levels of N nodes from the frontier: top-N (sample=False) or N i.i.d.
-        draws from the draft's sequence distribution q (sample=True, with `logq` and `draws` filled)."""
+        draws from the draft's sequence distribution q (sample=True, with `logq` and `draws` filled).
+        widths: at most widths[j] nodes at level j (the rest invalid padding; the tree's `fed`)."""
 
     def observe(self, verdict: Verdict) -> None:
         """Learn what the target kept (compact caches, update statistics)."""

@@ -31,16 +31,19 @@ class DraftModelDrafter:
         self.model, self.trie, self.N, self.expand = model, trie, N, expand
 
     def start(self, prompts: Prompts, layout: Layout) -> None:
-        """Prefill the draft's cache. Buffers are reused while the shape holds (static for CUDA graphs)."""
+        """Bind the prompts and allocate the draft's cache (reused while the shape holds)."""
         B = prompts.tokens.shape[0]
         if getattr(self, "layout", None) != layout or self.cache.k.shape[1] != B:
             self.cache = self.model.new_cache(B, layout.slots)
             self.root_logp = torch.zeros(B, self.model.cfg.vocab_size, device=prompts.tokens.device)
             self.keys = torch.zeros(B, layout.slots, dtype=torch.bool, device=prompts.tokens.device)
-        self.layout, self.lengths = layout, prompts.lengths
-        _, logp = prefill(self.model, prompts, layout.slots, cache=self.cache)
+        self.layout, self.prompts, self.lengths = layout, prompts, prompts.lengths
+
+    def prefill(self) -> None:
+        """The prompts through the draft: its cache, and its log-probs of the first level."""
+        _, logp = prefill(self.model, self.prompts, self.layout.slots, cache=self.cache)
         self.root_logp.copy_(logp)
-        self.keys.copy_(prompt_key_mask(prompts, layout.slots))  # (B, S)
+        self.keys.copy_(prompt_key_mask(self.prompts, self.layout.slots))  # (B, S)
 
     def state_tensors(self) -> tuple[torch.Tensor, ...]:
         """Tensors a round mutates (restored around CUDA-graph warm-up)."""
@@ -59,45 +62,58 @@ class DraftModelDrafter:
         return torch.log_softmax(logits.float(), dim=-1), mask
 
     @torch.no_grad()
-    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None) -> DraftTree:
+    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
+                widths: tuple[int, ...] | None = None) -> DraftTree:
         logp, mask = self._frontier_logp(frontier)
         scores, states = frontier.scores, frontier.states
         B, V, N = scores.shape[0], logp.shape[-1], self.N
+        widths = tuple(min(w, N) for w in widths) if widths else (N,) * depth
         P = max(N, scores.shape[1])
         levels: list[tuple] = []
         keep = min(N, int(self.expand * frontier.scores.shape[1])) if self.expand > 0 else N
-        for j in range(depth):
+        for j, w in enumerate(widths):
             cand = candidate_scores(scores, logp, self.trie.allowed(states))  # (B, M, V)
             if j > 0 and not sample and keep < cand.shape[1]:  # nodes are best-first: extend the top `keep`
                 cand = torch.cat([cand[:, :keep], torch.full_like(cand[:, keep:], float("-inf"))], dim=1)
-            parent, token, score, draws, logq = self._select(cand, sample, generator)
+            parent, token, score, draws, logq = self._select(cand, sample, generator, w)  # (B, w)
             levels.append((token, parent, torch.isfinite(score), draws, _pad_rows(logq, P)))
             states = self.trie.step(gather_rows(states, parent), token)
             scores = score
-            slots = self.layout.tree_slots(j, B, scores.device)
+            slots = self.layout.tree_slots(j, B, scores.device)[:, :w]
             mask = extend_mask(mask, parent, slots)
-            pos = (self.lengths + frontier.level + j)[:, None].expand(B, N)
+            pos = (self.lengths + frontier.level + j)[:, None].expand(B, w)
             if j + 1 < depth:
                 logits = self.model(token, pos, mask, self.cache, slots)
                 logp = torch.log_softmax(logits.float(), dim=-1)
             else:  # KV only: if this last level is accepted, `observe` copies it and the next round reads it
                 self.model.hidden(token, pos, mask, self.cache, slots)
-        tok, par, val, drw, lq = (torch.stack(x, dim=1) if x[0] is not None else None for x in zip(*levels))
-        return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq)
+        tok, par, val, drw, lq = zip(*levels)
+        tok, par, val, drw = (_stack_nodes(x, N) for x in (tok, par, val, drw))  # (B, d, N)
+        lq = torch.stack(lq, dim=1) if sample else None  # (B, d, P, V)
+        return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq,
+                         fed=widths if any(w < N for w in widths) else None)
 
-    def _select(self, cand: torch.Tensor, sample: bool, generator):
-        """cand (B, M, V) -> N nodes: parent, token, score (B, N); draws (B, N) and logq (B, M, V) when sampling."""
+    def _select(self, cand: torch.Tensor, sample: bool, generator, n: int):
+        """cand (B, M, V) -> n nodes: parent, token, score (B, n); draws (B, n) and logq (B, M, V) when sampling."""
         if not sample:
-            parent, token, score = topk_candidates(cand, self.N)
+            parent, token, score = topk_candidates(cand, n)
             return parent, token, score, None, None
         B, M, V = cand.shape
         flat = cand.reshape(B, M * V)
         logq = flat - flat.logsumexp(dim=1, keepdim=True)  # the draft's sequence distribution q
         logq = torch.where(torch.isfinite(flat.logsumexp(dim=1, keepdim=True)), logq, flat)  # finished rows: all -inf
-        picks = gumbel_topk(logq, self.N, generator)  # (B, N) distinct, in the order drawn
+        picks = gumbel_topk(logq, n, generator)  # (B, n) distinct, in the order drawn
         score = flat.gather(1, picks)
-        draws = torch.arange(self.N, device=cand.device).expand(B, -1)  # node i is draw i
+        draws = torch.arange(n, device=cand.device).expand(B, -1)  # node i is draw i
         return picks // V, picks % V, score, draws, logq.reshape(B, M, V)
+
+
+def _stack_nodes(levels: tuple[torch.Tensor | None, ...], N: int) -> torch.Tensor | None:
+    """d levels of (B, w_j) -> (B, d, N); padding nodes are token/parent/draw 0 and invalid (False)."""
+    if levels[0] is None:
+        return None
+    pad = lambda x: x if x.shape[1] == N else torch.cat([x, x.new_zeros(x.shape[0], N - x.shape[1])], dim=1)  # noqa: E731
+    return torch.stack([pad(x) for x in levels], dim=1)
 
 
 def _pad_rows(x: torch.Tensor | None, P: int) -> torch.Tensor | None:

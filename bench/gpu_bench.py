@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--gamma", type=int, default=3)
     ap.add_argument("--gamma1", type=int, default=2, help="draft depth at batch 1")
     ap.add_argument("--depths1", default="1,2,2", help="batch-1 draft depth by the SID level a round starts from")
-    ap.add_argument("--widths1", default="91,24,24,24", help="batch-1 tree widths by SID level (91: every level-1 code)")
+    ap.add_argument("--widths1", default="91,24,64,64", help="batch-1 tree widths by SID level (91: every level-1 code)")
     ap.add_argument("--expand1", type=float, default=0.0)
     ap.add_argument("--lr", type=float, default=1e-3, help="target learning rate")
     ap.add_argument("--target-epochs", type=int, default=4)

@@ -2,8 +2,8 @@
 
 Every tensor the loop touches lives in a buffer allocated once for a (batch, prompt length) shape,
 so each round shape (first round or not, draft depth d) can be captured once as a CUDA graph and
-replayed. The only host synchronisation is one read of the users' levels per round, which decides
-whether to stop and how deep the next tree is (marked below). gamma = 0 gives autoregressive
+replayed. The only host synchronisation is one read of the users' levels per speculative round, which
+decides whether to stop and how deep the next tree is (marked below); AR needs none. gamma = 0 gives autoregressive
 beam search through the same code.
 """
 
@@ -126,10 +126,12 @@ class SpecEngine:
     def run(self, prompts: Prompts, clock: PhaseClock | None = None) -> tuple[BeamResult, SpecStats]:
         clock, stats = clock or PhaseClock(), SpecStats()
         self._load(prompts)
-        L, first = self.lay.L, True
+        L, first, rounds = self.lay.L, True, 0
         while True:
-            level = self.beams.level.min(), self.beams.level.max()
-            lo, hi = int(level[0]), int(level[1])  # host sync: one per round, decides stop and tree depth
+            if self.drafter is None:  # AR: every user gains one level per round, L + 1 rounds; no sync
+                lo = rounds
+            else:
+                lo = int(self.beams.level.min())  # host sync: one per round, decides stop and tree depth
             if lo > L:
                 break
             d = min(self.depth_from(lo), max(L - lo, 0)) if self.drafter is not None else 0
@@ -139,7 +141,7 @@ class SpecEngine:
             else:
                 self._round(first, d, clock, widths)
             stats.accepted.append(self.accepted.clone())
-            first = False
+            first, rounds = False, rounds + 1
         clock.phase(None)
         stats.times = dict(clock.totals)
         return self._result(), stats

@@ -1,0 +1,92 @@
+"""Strict speculative beam search equals AR beam search on the GPU, in true fp32 (TF32 off): graph-replayed
+and compiled rounds, the benchmark's tree shapes, user by user.
+
+    PYTHONPATH=src python bench/gpu_exactness.py --data .data/beauty --out $OUT
+
+Trains a small target and draft on the GPU (fp32), then decodes test users with AR and strict speculative
+beam search through the same engine paths the benchmark times. Writes gpu_exactness.json under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from recspec.config import ModelConfig, TrainConfig  # noqa: E402
+from recspec.data.catalog import open_catalog  # noqa: E402
+from recspec.evaluation.bench import BenchConfig, count_mismatches, engine_call, make_engine, time_calls  # noqa: E402
+from recspec.evaluation.report import write_results  # noqa: E402
+from recspec.models.decoder import Decoder  # noqa: E402
+from recspec.models.hf import load_checkpoint  # noqa: E402
+from recspec.training.train import train  # noqa: E402
+
+TARGET = dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=1376)
+DRAFT = dict(hidden_size=128, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=344)
+# (label, K, batch, users, BenchConfig overrides): the benchmark's batch-1 tree and its batch-64 tree
+CASES = [
+    ("b1-widths", 10, 1, 400, dict(draft_beams=96, gamma=2, draft_expand=0.0, depths=(1, 2, 2), widths=(91, 24, 64, 64))),
+    ("b1-widths-compiled", 10, 1, 400, dict(draft_beams=96, gamma=2, draft_expand=0.0, depths=(1, 2, 2),
+                                            widths=(91, 24, 64, 64), compile=True)),
+    ("b1-N40", 20, 1, 400, dict(draft_beams=40, gamma=3)),
+    ("b32-N40", 10, 32, 1024, dict(draft_beams=40, gamma=3)),
+]
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+def trained(cat, shape, out, seconds, seed) -> Decoder:
+    torch.manual_seed(seed)
+    model = Decoder(ModelConfig(vocab_size=cat.vocab.size, max_positions=256, **shape)).to("cuda")
+    cfg = TrainConfig(epochs=20, batch_size=128, lr=2e-3, warmup_steps=50, eval_users=200, time_limit_s=seconds)
+    res = train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, progress=False)
+    log("trained", out, res.steps, "steps", round(res.best_recall10, 4))
+    return load_checkpoint(res.checkpoint, device="cuda")[0].eval().fuse_for_inference()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=".data/beauty")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    ap.add_argument("--target-time", type=float, default=45)
+    ap.add_argument("--draft-time", type=float, default=15)
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False  # true fp32: TF32 rounds matmul inputs to 10 mantissa bits
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    cat = open_catalog(args.data)
+    test = list(cat.data.test)
+    target = trained(cat, TARGET, "/tmp/rx/target", args.target_time, 0)
+    draft = trained(cat, DRAFT, "/tmp/rx/draft", args.draft_time, 1)
+    rows = []
+    for label, K, batch, users, over in CASES:
+        cfg = BenchConfig(cuda_graphs=True, **over)
+        batches = [list(range(s, s + batch)) for s in range(0, users, batch)]
+        runs = {m: time_calls(engine_call(make_engine(m, target, draft, cat, K, cfg, "cuda"), cat, test, "cuda"),
+                              batches, 2, "cuda") for m in ("ar", "spec-strict")}
+        diff, ties = count_mismatches(runs["ar"], runs["spec-strict"], 1e-4)
+        gap = max(abs(a - b) for x, y in zip(runs["ar"].scores, runs["spec-strict"].scores) for a, b in zip(x, y)
+                  if abs(a) != float("inf"))
+        s = runs["spec-strict"].stats.summary()
+        rows.append({"task": "topk-exactness", "case": label, "mode": "spec-strict", "K": K, "batch": batch,
+                     "users": len(runs["ar"].sids), "compiled": bool(over.get("compile")), "mismatches": diff,
+                     "mismatches_ties_1e-4": ties, "max_score_diff": gap, "target_calls": round(s["target_calls"], 4)})
+        log(rows[-1])
+    write_results(rows, os.path.join(args.out, "gpu_exactness.json"), "cuda",
+                  command="PYTHONPATH=src python3 " + " ".join(sys.argv),
+                  extra={"precision": "fp32, TF32 off", "target_shape": TARGET, "draft_shape": DRAFT})
+    print(f"{'case':20s} {'K':>3s} {'b':>3s} {'users':>5s} {'mis':>4s} {'ties':>4s} {'max|ds|':>9s} {'calls':>5s}")
+    for r in rows:
+        print(f"{r['case']:20s} {r['K']:3d} {r['batch']:3d} {r['users']:5d} {r['mismatches']:4d} "
+              f"{r['mismatches_ties_1e-4']:4d} {r['max_score_diff']:9.2e} {r['target_calls']:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

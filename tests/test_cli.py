@@ -145,8 +145,12 @@ def test_recommend_with_a_depth_schedule_equals_plain_beam_search(toy, make_deco
     plain = CliRunner().invoke(cli.app, base, input=histories)
     spec = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--draft-beams", "4", "--depths", "0,2",
                                                "--expand", "0"], input=histories)
-    assert plain.exit_code == 0 and spec.exit_code == 0, plain.output + spec.output
+    capped = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--draft-beams", "4", "--widths", "3,3",
+                                                 "--expand", "0"], input=histories)
+    assert plain.exit_code == 0 and spec.exit_code == 0 and capped.exit_code == 0, plain.output + spec.output + capped.output
     lists = lambda out: [[r["items"] for r in json.loads(line)["recommendations"]] for line in out.splitlines()]  # noqa: E731
-    assert lists(spec.output) == lists(plain.output) and len(lists(plain.output)) == 3
+    assert lists(spec.output) == lists(plain.output) == lists(capped.output) and len(lists(plain.output)) == 3
     bad = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--depths", "1,x"], input=histories)
     assert bad.exit_code != 0 and "'x' is not a depth" in bad.output
+    bad = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--widths", "4,-1"], input=histories)
+    assert bad.exit_code != 0 and "'-1' is not a width" in bad.output

@@ -94,13 +94,9 @@ def ar_step_ms(target, cat, examples, K: int, compile: bool = False) -> float:
     eng = make_engine("ar", target, None, cat, K, BenchConfig(cuda_graphs=True, compile=compile), "cuda")
     prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
     eng.run(prompts)  # captures (first, 0) and (later, 0)
-    graph = eng._graphs[(False, 0, None)]
-    ts = []
-    for _ in range(50):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); graph.replay(); b.record(); torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts[10:])
+    from gpu_round_profile import graph_ms
+
+    return graph_ms(eng._graphs[(False, 0, None)], reps=50, skip=10)
 
 
 def smoke(cat, examples):

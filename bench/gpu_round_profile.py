@@ -43,12 +43,17 @@ def replay_ms(fn, reps: int = 50) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
+    return graph_ms(g, reps)
+
+
+def graph_ms(graph: torch.cuda.CUDAGraph, reps: int = 50, skip: int = 5) -> float:
+    """Median ms of `reps` replays timed with CUDA events, the first `skip` left out (warm-up)."""
     ts = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); torch.cuda.synchronize()
+        a.record(); graph.replay(); b.record(); torch.cuda.synchronize()
         ts.append(a.elapsed_time(b))
-    return statistics.median(ts[5:])
+    return statistics.median(ts[skip:])
 
 
 def kernels(fn) -> int:
@@ -102,12 +107,7 @@ def profile_round(eng: SpecEngine, first: bool, d: int, widths=None) -> dict:
 def engine_round_ms(eng: SpecEngine, first: bool, d: int, widths) -> float:
     """The engine's own captured graph of one round (compiled or not), replayed: median ms."""
     graph = eng._graphs[("profiled", first, d, widths)] = eng._capture(first, d, widths)  # alive: graphs share a pool
-    ts = []
-    for _ in range(50):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); graph.replay(); b.record(); torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts[5:])
+    return graph_ms(graph)
 
 
 def call_ms(eng: SpecEngine, prompts, reps: int = 30) -> float:

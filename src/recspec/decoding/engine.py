@@ -55,7 +55,7 @@ class SpecEngine:
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
         self.gamma_max = max((gamma, *depths))  # tree slots the layout reserves
         self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
-        self.static = cuda_graphs or compile or fixed_shapes  # fixed shapes per (first, d): no host sync inside a round
+        self.static = cuda_graphs or compile or fixed_shapes  # fixed shapes per (first, d, widths): no host sync in a round
         self._round_fn = _compiled_round() if compile else spec_round
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}

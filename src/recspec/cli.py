@@ -86,6 +86,7 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
 
 EXPAND = typer.Option(2.0, help="deeper tree levels extend only the draft's best expand*K nodes (0: all N)")
 DEPTHS = typer.Option("", help="draft depth by the SID level a round starts from, e.g. 1,3,2 (gamma past the end)")
+TEMPERATURE = typer.Option(1.0, help="relaxed: sample from cumulative log-probs / temperature (-> the top-K search as it -> 0)")
 WIDTHS = typer.Option("", help="most drafted nodes per tree level by the SID level it drafts, e.g. 91,64,24,16 (N past the end)")
 
 
@@ -99,9 +100,13 @@ def parse_depths(text: str, what: str = "depths") -> tuple[int, ...]:
         raise typer.BadParameter(f"--{e}") from None
 
 
-def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, depths="", widths="") -> DecodeConfig:
+def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, depths="", widths="",
+                temperature=1.0) -> DecodeConfig:
+    if not temperature > 0:
+        raise typer.BadParameter(f"--temperature must be > 0, got {temperature}")
     return DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
-                        draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"))
+                        draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
+                        temperature=temperature)
 
 
 @app.command("eval")
@@ -109,13 +114,13 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
              draft: Optional[str] = typer.Option(None, help="draft checkpoint: speculative decoding"),
              split: str = typer.Option("test", help="test or valid"), K: int = typer.Option(20, "--K"),
              verify: str = "strict", draft_beams: int = 40, gamma: int = 3, expand: float = EXPAND,
-             depths: str = DEPTHS, widths: str = WIDTHS, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
+             depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
              popularity: bool = typer.Option(True, help="also score the popularity baseline")):
     """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths),
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
                            index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
     out = {"recspec": rec.evaluate(examples, K=K)}
@@ -130,12 +135,12 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
               draft: Optional[str] = typer.Option(None, help="draft checkpoint: speculative decoding"),
               verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)"),
               draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
-              expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
+              expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
               seed: int = 0, device: str = "cpu"):
     """Histories in, top-K items (with titles where known) out, as JSON lines."""
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths),
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
                            index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
     histories = _read_histories(input)
     res, _ = rec.recommend(histories, K)
@@ -193,7 +198,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
                                                   "drafts against one AR run (rows carry drafter NAME)"),
           K: list[int] = typer.Option([1, 5, 10, 20], "--K"), batch: list[int] = typer.Option([1, 32], "--batch"),
           users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
-          expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
+          expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
           modes: str = "ar,spec-strict,spec-relaxed,hf", split: str = "test", out: str = "bench/results/topk.json",
           threads: int = 0, device: str = "cpu", cuda_graphs: bool = False,
           compile: bool = typer.Option(False, help="rounds through torch.compile (fixed shapes; captured with --cuda-graphs)"),
@@ -217,7 +222,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
                       gamma=gamma, draft_expand=expand, depths=parse_depths(depths),
-                      widths=parse_depths(widths, "widths"), modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
+                      widths=parse_depths(widths, "widths"), temperature=temperature, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
     hf_model = None
     if "hf" in cfg.modes:
         try:

@@ -84,6 +84,7 @@ class DecodeConfig:
     draft_expand: float = 2.0  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
     depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
     widths: tuple[int, ...] = ()  # most drafted nodes per tree level, by SID level (N past the end)
+    temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature (-> top-K as it -> 0)
     verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
     seed: int = 0  # for relaxed verification's sampling
 

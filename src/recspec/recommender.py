@@ -53,7 +53,7 @@ class Recommender:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         return SpecEngine(self.target, drafter, trie, K=K, N=max(self.cfg.draft_beams, K), gamma=self.cfg.gamma,
                           verify=self.cfg.verify, generator=gen, depths=self.cfg.depths,
-                          widths=self.cfg.widths)
+                          widths=self.cfg.widths, temperature=self.cfg.temperature)
 
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[int]], K: int | None = None) -> tuple[BeamResult, SpecStats]:

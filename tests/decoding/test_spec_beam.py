@@ -268,9 +268,10 @@ def outcome_counts(res: BeamResult, U: int) -> np.ndarray:
     return np.bincount((res.sids[:, 0] * U + res.sids[:, 1]).numpy(), minlength=U * U)
 
 
-@pytest.mark.parametrize("N,gamma,widths", [(2, 2, ()), (4, 1, ()), (4, 2, (3, 2))])
-def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths):
-    """widths: fewer drafted nodes (and draws) at some levels; the law must not change."""
+@pytest.mark.parametrize("N,gamma,widths,temperature", [(2, 2, (), 1.0), (4, 1, (), 1.0), (4, 2, (3, 2), 1.0), (4, 2, (), 0.5)])
+def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, temperature):
+    """widths: fewer drafted nodes (and draws) at some levels; the law must not change.
+    temperature: the law is that of sampling beam search at that temperature."""
     from recspec.decoding.engine import SpecEngine
 
     vocab = Vocab.for_index(TOY)
@@ -280,11 +281,12 @@ def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths):
     prompts = build_prompts(vocab, TOY, [[0, 4, 5]] * ROWS)
     K, U = 2, trie.num_sids
     engine = SpecEngine(target, DraftModelDrafter(draft, trie, N), trie, K=K, N=N, gamma=gamma, verify="relaxed",
-                        generator=torch.Generator().manual_seed(7), widths=widths)
+                        generator=torch.Generator().manual_seed(7), widths=widths, temperature=temperature)
     spec, stats = engine.run(prompts)
     acc, _ = levels_table(stats, trie.num_levels, gamma)
     assert (acc == 0).any() and (acc > 0).any()  # both accepted drafts and residual sampling occur
-    sampled = beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(8))
+    sampled = beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(8),
+                          temperature=temperature)
     top = beam_search(target, trie, build_prompts(vocab, TOY, [[0, 4, 5]]), K)
     for res in (spec, sampled):
         check_items(trie, vocab, res)
@@ -297,9 +299,14 @@ def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths):
     top_list = int(top.sids[0, 0] * U + top.sids[0, 1])
     assert a[top_list] / ROWS < 0.8 and (a > 0.01 * ROWS).sum() >= 4
     # the test has power: the draft's own sampling beam search is told apart
-    c = outcome_counts(beam_search(draft, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(9)), U)
+    c = outcome_counts(beam_search(draft, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(9),
+                                   temperature=temperature), U)
     seen = (a + c) > 0
     assert chi2_contingency(np.stack([a[seen], c[seen]])).pvalue < 1e-12
+    if temperature != 1.0:  # and the temperature took effect: the law at temperature 1 is told apart
+        t1 = outcome_counts(beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(10)), U)
+        seen = (a + t1) > 0
+        assert chi2_contingency(np.stack([a[seen], t1[seen]])).pvalue < 1e-6
 
 
 def test_relaxed_on_beauty_returns_real_distinct_items(beauty):

@@ -51,12 +51,13 @@ def check_width(trie: SIDTrie, K: int) -> None:
         raise ValueError(f"K={K} must be between 1 and the number of distinct items ({trie.num_sids})")
 
 
-def sample_extensions(scores, logp, allowed, width, generator):
+def sample_extensions(scores, logp, allowed, width, generator, temperature: float = 1.0):
     """Like `topk_extensions`, but `width` draws without replacement from the softmax of the
-    candidates' cumulative log-probs (the step of sampling beam search)."""
+    candidates' cumulative log-probs divided by `temperature` (the step of sampling beam search)."""
     B, M, V = logp.shape
     cand = torch.where(allowed, scores[:, :, None] + logp, torch.full_like(logp, float("-inf"))).reshape(B, M * V)
-    idx = gumbel_topk(cand - cand.logsumexp(dim=1, keepdim=True), width, generator)
+    hot = cand / temperature
+    idx = gumbel_topk(hot - hot.logsumexp(dim=1, keepdim=True), width, generator)
     return idx // V, idx % V, cand.gather(1, idx)
 
 
@@ -73,12 +74,13 @@ def boundary_gap(scores: torch.Tensor, logp: torch.Tensor, allowed: torch.Tensor
 
 @torch.no_grad()
 def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample: bool = False,
-                generator: torch.Generator | None = None, audit: bool = False) -> BeamResult:
+                generator: torch.Generator | None = None, audit: bool = False, temperature: float = 1.0) -> BeamResult:
     """prompts (B users) -> their top-K items under the model's constrained beam search.
 
     sample=True: sampling beam search instead: each step keeps K extensions drawn without
     replacement from the softmax of their cumulative log-probs (the law relaxed speculative
-    decoding follows); the final list is sorted by cumulative log-prob.
+    decoding follows); the final list is sorted by cumulative log-prob. temperature < 1 sharpens
+    that softmax (towards the top-K search as it goes to 0).
     audit=True (top-K only): also the smallest `boundary_gap` over the steps, to tell a near-tie that
     rounding may flip from a real disagreement when another search's list differs."""
     check_width(trie, K)
@@ -95,7 +97,7 @@ def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample:
     margin = torch.full((B,), float("inf"), device=dev)
     for level in range(L + 1):
         if sample:
-            parent, token, scores = sample_extensions(scores, logp, trie.allowed(state), K, generator)
+            parent, token, scores = sample_extensions(scores, logp, trie.allowed(state), K, generator, temperature)
         else:
             prev = scores
             parent, token, scores = topk_extensions(prev, logp, trie.allowed(state), K)

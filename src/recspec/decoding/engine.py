@@ -26,7 +26,7 @@ class SpecEngine:
     def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
                  verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False,
                  prompt_width: int | None = None, depths: tuple[int, ...] = (), compile: bool = False,
-                 widths: tuple[int, ...] = (), fixed_shapes: bool = False):
+                 widths: tuple[int, ...] = (), fixed_shapes: bool = False, temperature: float = 1.0):
         """prompt_width: left-pad every prompt to this many columns, so that batches of different
         prompt lengths share one buffer shape (and one set of CUDA graphs).
         depths: draft depth by the SID level a round starts from (depths[l] for rounds whose slowest
@@ -36,6 +36,9 @@ class SpecEngine:
         l; N past its end, and never above N). Level 1 has as many codes as the trie's root has
         children, so a tree that holds them all is always accepted there; deep levels branch little.
         The target is fed only these widths, also under graphs.
+        temperature (relaxed): sample from the target's cumulative log-probs / temperature, so that the
+        output follows the target's sampling beam search at that temperature (-> its top-K search as
+        temperature -> 0); the draft samples at the same temperature. Strict ignores it.
         fixed_shapes: run rounds with the fixed shapes of graph replay (no trimming, no early exit)
         without capturing anything, so that the CPU can test the math the graphs run.
         compile: run each round through torch.compile (one graph per round shape, fullgraph): fewer,
@@ -48,11 +51,14 @@ class SpecEngine:
             raise ValueError("compile=True samples from torch's global RNG (seed it with torch.manual_seed); pass generator=None")
         if any(d < 0 for d in depths):
             raise ValueError(f"draft depths must be >= 0, got {depths}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         if any(w < 1 for w in widths):
             raise ValueError(f"tree widths must be >= 1, got {widths}")
         self.depths, self.widths = depths, tuple(widths) if drafter is not None else ()
         self.target, self.drafter, self.trie = target, drafter, trie
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
+        self.temperature = float(temperature)
         self.gamma_max = max((gamma, *depths))  # tree slots the layout reserves
         self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
         self.static = cuda_graphs or compile or fixed_shapes  # fixed shapes per (first, d, widths): no host sync in a round
@@ -95,7 +101,7 @@ class SpecEngine:
         active = self.beams.level <= self.lay.L
         beams, verdict = self._round_fn(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
                                         self.keys, self.beams, first, d, self.verify, self.gen, clock,
-                                        eager=not self.static, widths=widths)
+                                        eager=not self.static, widths=widths, temperature=self.temperature)
         self.beams.copy_(beams)
         self.accepted.copy_(torch.where(active, verdict.accepted, torch.full_like(verdict.accepted, -1)))
 

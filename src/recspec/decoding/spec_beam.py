@@ -76,20 +76,22 @@ def initial_beams(B: int, K: int, L: int, lay: Layout, root: int, device) -> Bea
 
 def spec_round(target: Decoder, drafter: Drafter | None, trie: SIDTrie, lay: Layout, cache, prompts: Prompts,
                keys: torch.Tensor, beams: Beams, first: bool, d: int, verify: str, generator,
-               clock: PhaseClock, eager: bool, widths: tuple[int, ...] | None = None) -> tuple[Beams, Verdict]:
+               clock: PhaseClock, eager: bool, widths: tuple[int, ...] | None = None,
+               temperature: float = 1.0) -> tuple[Beams, Verdict]:
     """One round: propose -> score (one target pass) -> verify -> commit.
 
     eager=False (CUDA graphs): shapes depend on (first, d, widths) only. eager=True allows host syncs
     that save work: the target scores only each tree level's valid nodes, verification stops early.
-    widths: at most widths[j] drafted nodes at tree level j (static; None: N each)."""
+    widths: at most widths[j] drafted nodes at tree level j (static; None: N each).
+    temperature (relaxed): target and draft sample from their cumulative log-probs / temperature."""
     frontier = _frontier(beams, lay, not first)
     clock.phase("draft")
     if first and drafter is not None:
         drafter.prefill()
-    tree = drafter.propose(frontier, d, verify == "relaxed", generator, widths) if d else None
+    tree = drafter.propose(frontier, d, verify == "relaxed", generator, widths, temperature) if d else None
     clock.phase("verify")
     logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree, trim=eager)
-    beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, eager)
+    beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, eager, temperature)
     clock.phase("other")
     cache.copy_slots(verdict.copy_src, verdict.copy_dst)
     if drafter is not None:
@@ -161,7 +163,7 @@ def _tree_rows(logp: torch.Tensor, widths: list[int], N: int) -> torch.Tensor:
 
 
 def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_tree, tree: DraftTree | None,
-            K: int, mode: str, gen, early_exit: bool = True) -> tuple[Beams, Verdict]:
+            K: int, mode: str, gen, early_exit: bool = True, temperature: float = 1.0) -> tuple[Beams, Verdict]:
     """Level by level: accept while the target's new beams are drafted nodes; commit one more level."""
     B, dev, V = logp.shape[0], logp.device, logp.shape[-1]
     alive = beams.level <= lay.L  # users still verifying this round
@@ -174,7 +176,7 @@ def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_t
         cand = V_.candidate_scores(beams.scores, logp, trie.allowed(beams.states))  # (B, M, V)
         cand = torch.where(alive[:, None, None], cand, torch.zeros_like(cand))  # finished rows: harmless
         in_tree = alive & (j < d_user)
-        parent, token, node, ok = _choose(cand, K, mode, gen, tree, j, beam_node, in_tree)
+        parent, token, node, ok = _choose(cand, K, mode, gen, tree, j, beam_node, in_tree, temperature)
         ok = ok & in_tree
         beams = _advance(trie, beams, parent, token, V_.gather_scores(cand, parent * V + token), alive, lay)
         slots_now = lay.committed_slots(beams.level.clamp(1, lay.L))  # (B, K) where this level is committed
@@ -190,7 +192,7 @@ def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_t
     return beams, Verdict(torch.cat(src, 1), torch.cat(dst, 1), accepted)
 
 
-def _choose(cand, K, mode, gen, tree: DraftTree | None, j, beam_node, in_tree):
+def _choose(cand, K, mode, gen, tree: DraftTree | None, j, beam_node, in_tree, temperature: float = 1.0):
     """The target's K new beams at this level: parent, token (B, K), their tree node (B, K) or -1, ok (B,)."""
     B, M, V = cand.shape
     has_level = tree is not None and j < tree.depth
@@ -201,7 +203,7 @@ def _choose(cand, K, mode, gen, tree: DraftTree | None, j, beam_node, in_tree):
             return parent, token, torch.full_like(parent, -1), torch.zeros(B, dtype=torch.bool, device=cand.device)
         ok, node = V_.verify_strict(parent, token, beam_node, table, V)
         return parent, token, node, ok
-    logp = cand.reshape(B, M * V)
+    logp = cand.reshape(B, M * V) / temperature
     logp = logp - logp.logsumexp(dim=1, keepdim=True)
     flat = V_.gumbel_topk(logp, K, gen)  # the target's own sampling step (no tree, or bonus level)
     ok = torch.zeros(B, dtype=torch.bool, device=cand.device)

@@ -37,6 +37,7 @@ class BenchConfig:
     draft_expand: float = 2.0  # deeper tree levels extend the draft's best expand*K nodes (0: all N)
     depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
     widths: tuple[int, ...] = ()  # most drafted nodes per tree level, by SID level (N past the end)
+    temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature
     modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
     cuda_graphs: bool = False  # replay captured rounds (CUDA only)
     compile: bool = False  # rounds through torch.compile (fused kernels; captured as graphs with cuda_graphs)
@@ -100,7 +101,7 @@ def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Cata
     width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if static else None  # one round shape
     return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,
                       generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=cfg.depths,
-                      widths=cfg.widths,
+                      widths=cfg.widths, temperature=cfg.temperature,
                       compile=cfg.compile)
 
 

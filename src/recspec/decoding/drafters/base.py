@@ -45,10 +45,11 @@ class Drafter(Protocol):
         """First-round work on the bound prompts (e.g. fill a draft model's cache with them)."""
 
     def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
-                widths: tuple[int, ...] | None = None) -> DraftTree:
+                widths: tuple[int, ...] | None = None, temperature: float = 1.0) -> DraftTree:
         """Draft `depth` levels of N nodes from the frontier: top-N (sample=False) or N i.i.d.
         draws from the draft's sequence distribution q (sample=True, with `logq` and `draws` filled).
-        widths: at most widths[j] nodes at level j (the rest invalid padding; the tree's `fed`)."""
+        widths: at most widths[j] nodes at level j (the rest invalid padding; the tree's `fed`).
+        temperature: sampling drafts draw from the cumulative log-probs / temperature."""
 
     def observe(self, verdict: Verdict) -> None:
         """Learn what the target kept (compact caches, update statistics)."""

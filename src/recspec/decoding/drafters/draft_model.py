@@ -63,7 +63,7 @@ class DraftModelDrafter:
 
     @torch.no_grad()
     def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
-                widths: tuple[int, ...] | None = None) -> DraftTree:
+                widths: tuple[int, ...] | None = None, temperature: float = 1.0) -> DraftTree:
         logp, mask = self._frontier_logp(frontier)
         scores, states = frontier.scores, frontier.states
         B, V, N = scores.shape[0], logp.shape[-1], self.N
@@ -75,7 +75,7 @@ class DraftModelDrafter:
             cand = candidate_scores(scores, logp, self.trie.allowed(states))  # (B, M, V)
             if j > 0 and not sample and keep < cand.shape[1]:  # nodes are best-first: extend the top `keep`
                 cand = torch.cat([cand[:, :keep], torch.full_like(cand[:, keep:], float("-inf"))], dim=1)
-            parent, token, score, draws, logq = self._select(cand, sample, generator, w)  # (B, w)
+            parent, token, score, draws, logq = self._select(cand, sample, generator, w, temperature)  # (B, w)
             levels.append((token, parent, torch.isfinite(score), draws, _pad_rows(logq, P)))
             states = self.trie.step(gather_rows(states, parent), token)
             scores = score
@@ -93,15 +93,17 @@ class DraftModelDrafter:
         return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq,
                          fed=widths if any(w < N for w in widths) else None)
 
-    def _select(self, cand: torch.Tensor, sample: bool, generator, n: int):
-        """cand (B, M, V) -> n nodes: parent, token, score (B, n); draws (B, n) and logq (B, M, V) when sampling."""
+    def _select(self, cand: torch.Tensor, sample: bool, generator, n: int, temperature: float = 1.0):
+        """cand (B, M, V) -> n nodes: parent, token, score (B, n); draws (B, n) and logq (B, M, V) when
+        sampling (from the cumulative log-probs / temperature)."""
         if not sample:
             parent, token, score = topk_candidates(cand, n)
             return parent, token, score, None, None
         B, M, V = cand.shape
         flat = cand.reshape(B, M * V)
-        logq = flat - flat.logsumexp(dim=1, keepdim=True)  # the draft's sequence distribution q
-        logq = torch.where(torch.isfinite(flat.logsumexp(dim=1, keepdim=True)), logq, flat)  # finished rows: all -inf
+        hot = flat / temperature
+        logq = hot - hot.logsumexp(dim=1, keepdim=True)  # the draft's sequence distribution q
+        logq = torch.where(torch.isfinite(hot.logsumexp(dim=1, keepdim=True)), logq, hot)  # finished rows: all -inf
         picks = gumbel_topk(logq, n, generator)  # (B, n) distinct, in the order drawn
         score = flat.gather(1, picks)
         draws = torch.arange(n, device=cand.device).expand(B, -1)  # node i is draw i

@@ -37,6 +37,7 @@ from recspec.training.train import train  # noqa: E402
 # 0.27 ms for 8 layers of 2560 (556M) (bench/results/gpu_round_profile_h200_compiled.json)
 TARGET = dict(hidden_size=3840, num_layers=8, num_heads=30, num_kv_heads=6, intermediate_size=10240)
 DRAFT = dict(hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=1376)
+DEV = "cuda"  # --cpu-smoke: "cpu", tiny models, eager rounds (checks the script before device time is spent)
 
 
 def log(*a):
@@ -48,15 +49,15 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, 
     ~0 Recall@10 once evaluated outside it (bench/gpu_probe.py), fp32-trained ones do not.
     -> (bf16 fused inference copy, fp32 copy for audits)."""
     torch.manual_seed(seed)
-    model = Decoder(ModelConfig(vocab_size=cat.vocab.size, max_positions=256, **shape)).to("cuda")
+    model = Decoder(ModelConfig(vocab_size=cat.vocab.size, max_positions=256, **shape)).to(DEV)
     res = train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, progress=False,
                 on_log=lambda r: log(r) if r.get("event") == "eval" else None)
     log("trained", out, res)
-    best32, _ = load_checkpoint(res.checkpoint, device="cuda")
+    best32, _ = load_checkpoint(res.checkpoint, device=DEV)
     best32.eval()
     test = list(cat.data.test)[:1000]
     log("test (1000 users) fp32:", evaluate(best32, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
-    best = load_checkpoint(res.checkpoint, device="cuda")[0].to(torch.bfloat16).eval().fuse_for_inference()
+    best = load_checkpoint(res.checkpoint, device=DEV)[0].to(torch.bfloat16).eval().fuse_for_inference()
     log("test (1000 users) bf16:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
     return best, best32
 
@@ -66,17 +67,19 @@ def fp32_exactness(target32, draft32, cat, examples, K: int, users: int, N: int,
     """AR vs strict speculative beam search, both graph-replayed, in fp32 on the GPU: lists must match."""
     from recspec.evaluation.bench import count_mismatches, engine_call, time_calls
 
-    cfg = BenchConfig(cuda_graphs=True, draft_beams=N, gamma=gamma, draft_expand=expand, depths=depths, widths=widths)
+    cfg = BenchConfig(cuda_graphs=DEV == "cuda", draft_beams=N, gamma=gamma, draft_expand=expand, depths=depths, widths=widths)
     batches = [[i] for i in range(users)]
-    runs = {m: time_calls(engine_call(make_engine(m, target32, draft32, cat, K, cfg, "cuda"), cat, examples, "cuda"),
-                          batches, 2, "cuda") for m in ("ar", "spec-strict")}
+    runs = {m: time_calls(engine_call(make_engine(m, target32, draft32, cat, K, cfg, DEV), cat, examples, DEV),
+                          batches, 2, DEV) for m in ("ar", "spec-strict")}
     diff, ties = count_mismatches(runs["ar"], runs["spec-strict"], 1e-4)
     gap = max(abs(a - b) for x, y in zip(runs["ar"].scores, runs["spec-strict"].scores) for a, b in zip(x, y))
     return {"users": users, "K": K, "mismatches": diff, "ties_1e-4": ties, "max_score_diff": gap}
 
 
 def copy_bandwidth() -> float:
-    """Bytes/s of a large device-to-device copy (read + write counted)."""
+    """Bytes/s of a large device-to-device copy (read + write counted); nan off the GPU."""
+    if DEV != "cuda":
+        return float("nan")
     x = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     for _ in range(3):
@@ -90,7 +93,9 @@ def copy_bandwidth() -> float:
 
 
 def ar_step_ms(target, cat, examples, K: int, compile: bool = False) -> float:
-    """Median time of one graph-replayed AR decode round (K tokens, batch 1)."""
+    """Median time of one graph-replayed AR decode round (K tokens, batch 1); nan off the GPU."""
+    if DEV != "cuda":
+        return float("nan")
     eng = make_engine("ar", target, None, cat, K, BenchConfig(cuda_graphs=True, compile=compile), "cuda")
     prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
     eng.run(prompts)  # captures (first, 0) and (later, 0)
@@ -103,13 +108,13 @@ def smoke(cat, examples):
     """Graph replay equals eager on a tiny random model before anything big runs."""
     torch.manual_seed(0)
     t = Decoder(ModelConfig(vocab_size=cat.vocab.size, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                            intermediate_size=128)).cuda().eval()
+                            intermediate_size=128)).to(DEV).eval()
     d = Decoder(ModelConfig(vocab_size=cat.vocab.size, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                            intermediate_size=64)).cuda().eval()
-    prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:8]]).to("cuda")
-    ref = beam_search(t, cat.trie.to("cuda"), prompts, 10).sids
-    for graphs in (False, True):
-        eng = make_engine("spec-strict", t, d, cat, 10, BenchConfig(cuda_graphs=graphs, draft_beams=20), "cuda")
+                            intermediate_size=64)).to(DEV).eval()
+    prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:8]]).to(DEV)
+    ref = beam_search(t, cat.trie.to(DEV), prompts, 10).sids
+    for graphs in (False, True) if DEV == "cuda" else (False,):
+        eng = make_engine("spec-strict", t, d, cat, 10, BenchConfig(cuda_graphs=graphs, draft_beams=20), DEV)
         for _ in range(2):
             res, _ = eng.run(prompts)
             assert torch.equal(res.sids, ref), f"graphs={graphs}: spec strict != beam search"
@@ -141,7 +146,17 @@ def main():
     ap.add_argument("--no-compile", action="store_true",
                     help="skip the compiled K=10 batch-1 run (torch.compile'd rounds captured as graphs)")
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="run the whole script on the CPU with tiny models, few users, eager rounds, no compile")
     args = ap.parse_args()
+    if args.cpu_smoke:
+        global DEV, TARGET, DRAFT
+        DEV = "cpu"
+        TARGET = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+        DRAFT = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+        args.target_time, args.draft_time, args.target_epochs = 10, 5, 1
+        args.users, args.users_b64, args.hf_users, args.exact_users, args.no_compile = 4, 128, 2, 4, True
+        args.Ks = "10"
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
     cat = open_catalog(args.data)
@@ -169,7 +184,7 @@ def main():
     if args.sweep:  # tree shape for batch 1, chosen on other test users than the ones timed below
         from tree_sweep import parse_grid, sweep
 
-        swept = sweep(target, cat, draft, test[2000:], 10, 1, parse_grid(args.sweep), 60, 3, "cuda", True)
+        swept = sweep(target, cat, draft, test[2000:], 10, 1, parse_grid(args.sweep), 60, 3, DEV, DEV == "cuda")
         best = max(swept[1:], key=lambda r: r["speedup_vs_ar"])
         N1, gamma1, expand1 = best["draft_beams"], best["gamma"], best["expand"]
         log(f"tree sweep (K=10, b=1, test users 2000+): best N={N1} gamma={gamma1} expand={expand1} "
@@ -187,10 +202,10 @@ def main():
         N, gamma, expand, depths, widths = shapes[batch]
         cfg = BenchConfig(Ks=ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma, draft_expand=expand,
                           depths=depths, widths=widths, compile=compiled, modes=modes,
-                          cuda_graphs=True, hf_users=hf_users, tie_tol=args.tie_tol, relaxed_beams=args.relaxed_beams)
+                          cuda_graphs=DEV == "cuda", hf_users=hf_users, tie_tol=args.tie_tol, relaxed_beams=args.relaxed_beams)
         t1 = time.time()
         try:
-            new = run_bench(target, draft, cat, test, cfg, device="cuda", hf_model=hf, on_row=lambda r: log(r),
+            new = run_bench(target, draft, cat, test, cfg, device=DEV, hf_model=hf, on_row=lambda r: log(r),
                             reference=target32)
         except Exception:  # keep what was measured; say what broke
             traceback.print_exc()
@@ -199,7 +214,7 @@ def main():
             r["compiled"] = compiled
         rows += new
         log(f"batch {batch} Ks {ks} compiled={compiled}: {time.time() - t1:.0f} s")
-        write_results(rows, os.path.join(args.out, "gpu_topk_partial.json"), "cuda", command="partial", extra={})
+        write_results(rows, os.path.join(args.out, "gpu_topk_partial.json"), DEV, command="partial", extra={})
     bw = copy_bandwidth()
     floor_ms = tp * 2 / bw * 1e3
     step = ar_step_ms(target, cat, test, 10, not args.no_compile)
@@ -216,7 +231,7 @@ def main():
     extra = {"target_params": tp, "draft_params": dp, "copy_bandwidth_GBps": round(bw / 1e9, 1), "fp32_exactness": exact,
              "target_shape": TARGET, "draft_shape": DRAFT, "tree_sweep_b1_K10": extra_sweep,
              "seconds": round(time.time() - t0, 1)}
-    path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), "cuda",
+    path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), DEV,
                          command="PYTHONPATH=src python3 " + " ".join(sys.argv), extra=extra)
     log("wrote", path, json.dumps(extra))
     print(f"{'mode':13s} {'c':1s} {'K':>3s} {'b':>3s} {'ms':>9s} {'u/s':>8s} {'xAR':>6s} {'xHF':>6s} {'acc':>5s} {'calls':>5s} {'mis':>4s} {'ties':>4s} {'R@K':>6s}")

@@ -95,7 +95,7 @@ def profile_round(eng: SpecEngine, first: bool, d: int, widths=None) -> dict:
         fn()
     phases = [("draft", draft), ("target_pass", score), ("verify", verify), ("commit", commit)]
     fed = sum(widths) if widths else d * lay.N
-    out = {"first": first, "d": d, "widths": "/".join(map(str, widths or ())),
+    out = {"first": first, "d": d, "fed_widths": "/".join(map(str, widths or ())),
            "target_tokens": (eng.prompts.tokens.shape[1] if first else lay.K) + fed}
     for name, fn in phases + [("round", whole)]:
         timed = eng.drafter is not None or name not in ("draft", "commit")

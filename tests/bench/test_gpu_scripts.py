@@ -1,0 +1,40 @@
+"""The GPU benchmark scripts run end to end on the CPU (--cpu-smoke: tiny models, eager rounds), so a
+broken script is caught here rather than after a GPU machine has been started for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_gpu_bench_runs_every_mode_and_writes_rows(shared_datasets, tmp_path):
+    res = _run("gpu_bench.py", "--cpu-smoke", "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads((tmp_path / "gpu_topk.json").read_text())
+    assert {"device", "command", "date", "rows"} <= set(doc)
+    modes = {(r["mode"], r["batch"]) for r in doc["rows"]}
+    assert modes == {(m, b) for m in ("ar", "spec-strict", "spec-relaxed", "hf") for b in (1, 64)}
+    strict = [r for r in doc["rows"] if r["mode"] == "spec-strict"]
+    assert all(r["mismatches"] == 0 for r in strict), strict  # fp32 on the CPU: exact
+    b1 = next(r for r in strict if r["batch"] == 1)
+    assert b1["widths"] == "91/24/64/64" and b1["target_calls"] < 5
+    assert doc["fp32_exactness"]["mismatches"] == 0
+
+
+def test_round_profiler_runs(shared_datasets, tmp_path):
+    res = _run("gpu_round_profile.py", "--cpu-smoke", "--N", "16", "--widths", "91,24,16", "--phases",
+               "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = json.loads((tmp_path / "gpu_round_profile.json").read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"ar", "spec-strict"} and any(r.get("widths") for r in rows)

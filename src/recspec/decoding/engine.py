@@ -88,7 +88,6 @@ class SpecEngine:
             self._allocate(B, T, prompts.tokens.device)
         self.prompts.tokens.copy_(prompts.tokens)
         self.prompts.lengths.copy_(prompts.lengths)
-        self.beams.level.zero_()  # the loop reads it before the first round resets the beams
         if self.drafter is not None:
             self.drafter.start(self.prompts, self.lay)  # binds buffers; its prefill runs in the first round
 
@@ -134,7 +133,7 @@ class SpecEngine:
         self._load(prompts)
         L, first, rounds = self.lay.L, True, 0
         while True:
-            if self.drafter is None:  # AR: every user gains one level per round, L + 1 rounds; no sync
+            if self.drafter is None or first:  # first round: level 0; AR: one level per round, L + 1 rounds
                 lo = rounds
             else:
                 lo = int(self.beams.level.min())  # host sync: one per round, decides stop and tree depth

@@ -229,8 +229,7 @@ def _relaxed_inputs(tree: DraftTree, j, beam_node, M, V):
     k = beam_of.gather(1, par)
     draws = torch.where(k >= 0, k * V + tok, -1)
     draw_logq = logq.reshape(B, P * V).gather(1, par * V + tok)
-    if tree.fed is not None:  # draws past the level's width are padding: no draw
-        draw_logq = draw_logq.masked_fill(torch.arange(node.shape[1], device=node.device)[None] >= tree.fed[j], float("-inf"))
+    draw_logq = torch.where(tree.valid[:, j].gather(1, node), draw_logq, float("-inf"))  # on an invalid node: no draw
     return q_on_p, draws, draw_logq
 
 

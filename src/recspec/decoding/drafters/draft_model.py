@@ -88,7 +88,8 @@ class DraftModelDrafter:
             else:  # KV only: if this last level is accepted, `observe` copies it and the next round reads it
                 self.model.hidden(token, pos, mask, self.cache, slots)
         tok, par, val, drw, lq = zip(*levels)
-        tok, par, val, drw = (_stack_nodes(x, N) for x in (tok, par, val, drw))  # (B, d, N)
+        tok, par, val = (_stack_nodes(x, N) for x in (tok, par, val))  # (B, d, N)
+        drw = _stack_nodes(drw, N, first_pad=True)
         lq = torch.stack(lq, dim=1) if sample else None  # (B, d, P, V)
         return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq,
                          fed=widths if any(w < N for w in widths) else None)
@@ -110,11 +111,13 @@ class DraftModelDrafter:
         return picks // V, picks % V, score, draws, logq.reshape(B, M, V)
 
 
-def _stack_nodes(levels: tuple[torch.Tensor | None, ...], N: int) -> torch.Tensor | None:
-    """d levels of (B, w_j) -> (B, d, N); padding nodes are token/parent/draw 0 and invalid (False)."""
+def _stack_nodes(levels: tuple[torch.Tensor | None, ...], N: int, first_pad: bool = False) -> torch.Tensor | None:
+    """d levels of (B, w_j) -> (B, d, N). Padding is 0 (token, parent) / False (valid); with first_pad
+    (draws) it is w_j, the level's first padding node: a draw on an invalid node is no draw."""
     if levels[0] is None:
         return None
-    pad = lambda x: x if x.shape[1] == N else torch.cat([x, x.new_zeros(x.shape[0], N - x.shape[1])], dim=1)  # noqa: E731
+    pad = lambda x: x if x.shape[1] == N else torch.cat([x, torch.full_like(x[:, :1], x.shape[1] if first_pad else 0)  # noqa: E731
+                                                          .expand(-1, N - x.shape[1])], dim=1)
     return torch.stack([pad(x) for x in levels], dim=1)
 
 

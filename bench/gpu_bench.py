@@ -64,16 +64,12 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, 
 
 def fp32_exactness(target32, draft32, cat, examples, K: int, users: int, N: int, gamma: int, expand: float,
                    depths: tuple[int, ...], widths: tuple[int, ...]) -> dict:
-    """AR vs strict speculative beam search, both graph-replayed, in fp32 on the GPU: lists must match."""
-    from recspec.evaluation.bench import count_mismatches, engine_call, time_calls
+    """AR vs strict speculative beam search, both graph-replayed, in fp32 (TF32 off) on the GPU: lists must match."""
+    from gpu_exactness import exactness, true_fp32
 
     cfg = BenchConfig(cuda_graphs=DEV == "cuda", draft_beams=N, gamma=gamma, draft_expand=expand, depths=depths, widths=widths)
-    batches = [[i] for i in range(users)]
-    runs = {m: time_calls(engine_call(make_engine(m, target32, draft32, cat, K, cfg, DEV), cat, examples, DEV),
-                          batches, 2, DEV) for m in ("ar", "spec-strict")}
-    diff, ties = count_mismatches(runs["ar"], runs["spec-strict"], 1e-4)
-    gap = max(abs(a - b) for x, y in zip(runs["ar"].scores, runs["spec-strict"].scores) for a, b in zip(x, y))
-    return {"users": users, "K": K, "mismatches": diff, "ties_1e-4": ties, "max_score_diff": gap}
+    with true_fp32():
+        return {"K": K, **exactness(target32, draft32, cat, examples, K, 1, users, cfg, DEV)}
 
 
 def copy_bandwidth() -> float:

@@ -10,6 +10,7 @@ beam search through the same engine paths the benchmark times. Writes gpu_exactn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -51,6 +52,32 @@ def trained(cat, shape, out, seconds, seed) -> Decoder:
     return load_checkpoint(res.checkpoint, device="cuda")[0].eval().fuse_for_inference()
 
 
+@contextlib.contextmanager
+def true_fp32():
+    """TF32 off inside (it rounds fp32 matmul inputs to 10 mantissa bits), the previous settings after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def exactness(target, draft, cat, examples, K: int, batch: int, users: int, cfg: BenchConfig, device="cuda") -> dict:
+    """AR vs strict speculative beam search through the engine path `cfg` sets, user by user: users whose
+    lists differ, of them within 1e-4 at the first differing rank, the largest score gap, target calls."""
+    batches = [list(range(s, s + batch)) for s in range(0, users, batch)]
+    runs = {m: time_calls(engine_call(make_engine(m, target, draft, cat, K, cfg, device), cat, examples, device),
+                          batches, 2, device) for m in ("ar", "spec-strict")}
+    diff, ties = count_mismatches(runs["ar"], runs["spec-strict"], 1e-4)
+    gap = max(abs(a - b) for x, y in zip(runs["ar"].scores, runs["spec-strict"].scores) for a, b in zip(x, y)
+              if abs(a) != float("inf"))
+    return {"users": len(runs["ar"].sids), "mismatches": diff, "mismatches_ties_1e-4": ties, "max_score_diff": gap,
+            "target_calls": round(runs["spec-strict"].stats.summary()["target_calls"], 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".data/beauty")
@@ -58,26 +85,16 @@ def main() -> None:
     ap.add_argument("--target-time", type=float, default=45)
     ap.add_argument("--draft-time", type=float, default=15)
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False  # true fp32: TF32 rounds matmul inputs to 10 mantissa bits
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
     cat = open_catalog(args.data)
     test = list(cat.data.test)
     target = trained(cat, TARGET, "/tmp/rx/target", args.target_time, 0)
     draft = trained(cat, DRAFT, "/tmp/rx/draft", args.draft_time, 1)
     rows = []
     for label, K, batch, users, over in CASES:
-        cfg = BenchConfig(cuda_graphs=True, **over)
-        batches = [list(range(s, s + batch)) for s in range(0, users, batch)]
-        runs = {m: time_calls(engine_call(make_engine(m, target, draft, cat, K, cfg, "cuda"), cat, test, "cuda"),
-                              batches, 2, "cuda") for m in ("ar", "spec-strict")}
-        diff, ties = count_mismatches(runs["ar"], runs["spec-strict"], 1e-4)
-        gap = max(abs(a - b) for x, y in zip(runs["ar"].scores, runs["spec-strict"].scores) for a, b in zip(x, y)
-                  if abs(a) != float("inf"))
-        s = runs["spec-strict"].stats.summary()
+        with true_fp32():
+            res = exactness(target, draft, cat, test, K, batch, users, BenchConfig(cuda_graphs=True, **over))
         rows.append({"task": "topk-exactness", "case": label, "mode": "spec-strict", "K": K, "batch": batch,
-                     "users": len(runs["ar"].sids), "compiled": bool(over.get("compile")), "mismatches": diff,
-                     "mismatches_ties_1e-4": ties, "max_score_diff": gap, "target_calls": round(s["target_calls"], 4)})
+                     "compiled": bool(over.get("compile")), **res})
         log(rows[-1])
     write_results(rows, os.path.join(args.out, "gpu_exactness.json"), "cuda",
                   command="PYTHONPATH=src python3 " + " ".join(sys.argv),

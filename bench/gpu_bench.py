@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import replace
 
 import torch
 
@@ -32,10 +33,10 @@ from recspec.models.hf import load_checkpoint  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
 from recspec.training.train import train  # noqa: E402
 
-# 1.24B parameters: LLaMA blocks, wide and shallow (8 layers of 3840). Kernel launches, not weight reads, set a
-# decode step's time at this size: a compiled AR round is 1.17 ms against a 0.62 ms floor here, 0.77 ms against
-# 0.27 ms for 8 layers of 2560 (556M) (bench/results/gpu_round_profile_h200_compiled.json)
-TARGET = dict(hidden_size=3840, num_layers=8, num_heads=30, num_kv_heads=6, intermediate_size=10240)
+# 3.1B parameters: LLaMA blocks, wide and shallow (8 layers of 6144). A compiled AR round cost its weight reads
+# plus ~0.5 ms of small kernels at 556M and 1.24B (bench/results/gpu_round_profile_h200_compiled*.json: 0.77 ms
+# against a 0.27 ms floor, 1.17 against 0.61), so the step reaches 1.5x its floor only from ~1.1 ms of weights up
+TARGET = dict(hidden_size=6144, num_layers=8, num_heads=48, num_kv_heads=8, intermediate_size=16384)
 DRAFT = dict(hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=1376)
 DEV = "cuda"  # --cpu-smoke: "cpu", tiny models, eager rounds (checks the script before device time is spent)
 
@@ -55,14 +56,14 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, 
     log("trained", out, res)
     best32, _ = load_checkpoint(res.checkpoint, device=DEV)
     best32.eval()
-    test = list(cat.data.test)[:1000]
-    log("test (1000 users) fp32:", evaluate(best32, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
+    test = list(cat.data.test)[:500]
+    log("test (500 users) fp32:", evaluate(best32, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
     best = load_checkpoint(res.checkpoint, device=DEV)[0].to(torch.bfloat16).eval().fuse_for_inference()
-    log("test (1000 users) bf16:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
+    log("test (500 users) bf16:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
     return best, best32
 
 
-def fp32_exactness(target32, draft32, cat, examples, K: int, users: int, N: int, gamma: int, expand: float,
+def fp32_exactness(target32, draft32: "Decoder | str", cat, examples, K: int, users: int, N: int, gamma: int, expand: float,
                    depths: tuple[int, ...], widths: tuple[int, ...]) -> dict:
     """AR vs strict speculative beam search, both graph-replayed, in fp32 (TF32 off) on the GPU: lists must match."""
     from gpu_exactness import exactness, true_fp32
@@ -109,22 +110,60 @@ def smoke(cat, examples):
                             intermediate_size=64)).to(DEV).eval()
     prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:8]]).to(DEV)
     ref = beam_search(t, cat.trie.to(DEV), prompts, 10).sids
+    trie_tree = BenchConfig(draft_beams=96, gamma=2, draft_expand=0.0, depths=(1, 2, 2), widths=(91, 24, 64, 64))
     for graphs in (False, True) if DEV == "cuda" else (False,):
-        eng = make_engine("spec-strict", t, d, cat, 10, BenchConfig(cuda_graphs=graphs, draft_beams=20), DEV)
-        for _ in range(2):
-            res, _ = eng.run(prompts)
-            assert torch.equal(res.sids, ref), f"graphs={graphs}: spec strict != beam search"
-    log("smoke ok: eager and graph-replayed strict spec equal beam search")
+        for drafter, cfg in ((d, BenchConfig(draft_beams=20)), ("trie", trie_tree)):
+            eng = make_engine("spec-strict", t, drafter, cat, 10, replace(cfg, cuda_graphs=graphs), DEV)
+            for _ in range(2):
+                res, _ = eng.run(prompts)
+                assert torch.equal(res.sids, ref), f"graphs={graphs}: spec strict ({drafter}) != beam search"
+    log("smoke ok: eager and graph-replayed strict spec (draft model and trie drafters) equal beam search")
+
+
+def kernel_profile(target, cat, examples, K: int, compile: bool) -> dict:
+    """Where a whole AR call's device time goes: kernel time by kind (GEMM / attention / other) over
+    5 calls of eager-launched (compiled) rounds, per call; {} off the GPU or if the profiler fails."""
+    if DEV != "cuda":
+        return {}
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        eng = make_engine("ar", target, None, cat, K, BenchConfig(compile=compile), "cuda")
+        prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
+        for _ in range(3):
+            eng.run(prompts)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                eng.run(prompts)
+            torch.cuda.synchronize()
+        kinds: dict[str, float] = {}
+        top = []
+        for e in prof.key_averages():
+            us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if not us:
+                continue
+            name = e.key.lower()
+            kind = "gemm" if any(w in name for w in ("gemm", "nvjet", "cutlass", "sm90_x", "gemv", "splitk")) else \
+                "attention" if any(w in name for w in ("attention", "flash", "fmha", "sdpa")) else "other"
+            kinds[kind] = kinds.get(kind, 0.0) + us / 5 / 1e3
+            top.append((us / 5 / 1e3, e.key[:80], e.count // 5))
+        top.sort(reverse=True)
+        return {"ms_per_call_by_kind": {k: round(v, 4) for k, v in kinds.items()},
+                "top_kernels": [{"ms": round(a, 4), "name": b, "launches": c} for a, b, c in top[:12]],
+                "kernels_per_call": sum(c for _, _, c in top)}
+    except Exception as exc:  # the profile is a diagnosis, not a result: never lose the run to it
+        return {"error": repr(exc)}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".data/beauty")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
-    ap.add_argument("--target-time", type=float, default=200)
-    ap.add_argument("--draft-time", type=float, default=50)
+    ap.add_argument("--target-time", type=float, default=170)
+    ap.add_argument("--draft-time", type=float, default=40)
     ap.add_argument("--users", type=int, default=100)
-    ap.add_argument("--users-b64", type=int, default=512)
+    ap.add_argument("--users-b64", type=int, default=256)
     ap.add_argument("--hf-users", type=int, default=30)
     ap.add_argument("--Ks", default="1,5,10,20")
     ap.add_argument("--N1", type=int, default=96, help="draft beams at batch 1 (a wide tree is cheap there)")
@@ -133,12 +172,12 @@ def main():
     ap.add_argument("--depths1", default="1,2,2", help="batch-1 draft depth by the SID level a round starts from")
     ap.add_argument("--widths1", default="91,24,64,64", help="batch-1 tree widths by SID level (91: every level-1 code)")
     ap.add_argument("--expand1", type=float, default=0.0)
-    ap.add_argument("--lr", type=float, default=1e-3, help="target learning rate")
+    ap.add_argument("--lr", type=float, default=6e-4, help="target learning rate")
     ap.add_argument("--target-epochs", type=int, default=4)
     ap.add_argument("--exact-users", type=int, default=100, help="users of the fp32 exactness check")
-    ap.add_argument("--relaxed-beams", type=int, default=20, help="draft beams N for relaxed verification")
-    ap.add_argument("--sweep", default="",
-                    help="N:gamma:expand tree shapes tried for batch 1 ('' : none, use --N1/--gamma1)")
+    ap.add_argument("--relaxed-beams", type=int, default=20, help="draft beams N for relaxed verification at batch 64")
+    ap.add_argument("--temperature", type=float, default=1.0, help="relaxed: sampling temperature")
+    ap.add_argument("--budget", type=float, default=540, help="seconds after which the remaining blocks are skipped")
     ap.add_argument("--no-compile", action="store_true",
                     help="skip the compiled K=10 batch-1 run (torch.compile'd rounds captured as graphs)")
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
@@ -151,8 +190,8 @@ def main():
         TARGET = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
         DRAFT = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
         args.target_time, args.draft_time, args.target_epochs = 10, 5, 1
-        args.users, args.users_b64, args.hf_users, args.exact_users, args.no_compile = 4, 128, 2, 4, True
-        args.Ks = "10"
+        args.users, args.users_b64, args.hf_users, args.exact_users, args.no_compile = 4, 64, 2, 4, True
+        args.Ks, args.budget = "10,20", float("inf")
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
     cat = open_catalog(args.data)
@@ -166,77 +205,87 @@ def main():
     from recspec.config import parse_depths
 
     depths1, widths1 = parse_depths(args.depths1), parse_depths(args.widths1, what="widths")
-    exact = fp32_exactness(target32, draft32, cat, test, 10, args.exact_users, args.N1, args.gamma1, args.expand1,
-                           depths1, widths1)
-    log("fp32 exactness on the GPU (graph replay, b=1):", exact)
     tp, dp = target.cfg.num_parameters(), draft.cfg.num_parameters()
     log(f"target {tp / 1e6:.1f}M params, draft {dp / 1e6:.2f}M ({tp / dp:.0f}x)")
     from recspec.evaluation.hf_baseline import to_transformers
 
     hf = to_transformers(target)
-    rows = []
     Ks = tuple(int(k) for k in args.Ks.split(","))
-    N1, gamma1, expand1 = args.N1, args.gamma1, args.expand1
-    if args.sweep:  # tree shape for batch 1, chosen on other test users than the ones timed below
-        from tree_sweep import parse_grid, sweep
-
-        swept = sweep(target, cat, draft, test[2000:], 10, 1, parse_grid(args.sweep), 60, 3, DEV, DEV == "cuda")
-        best = max(swept[1:], key=lambda r: r["speedup_vs_ar"])
-        N1, gamma1, expand1 = best["draft_beams"], best["gamma"], best["expand"]
-        log(f"tree sweep (K=10, b=1, test users 2000+): best N={N1} gamma={gamma1} expand={expand1} "
-            f"x{best['speedup_vs_ar']} vs AR")
-        extra_sweep = [{k: r[k] for k in ("mode", "median_ms", "speedup_vs_ar", "target_calls", "draft_beams", "gamma",
-                                          "expand") if k in r} for r in swept]
-    else:
-        extra_sweep = []
-    # batch -> draft beams N, gamma, expand, depth schedule, widths
-    shapes = {1: (N1, gamma1, expand1, depths1, widths1), 64: (40, args.gamma, 2.0, (), ())}
-    runs = [(1, Ks, args.users, args.hf_users, False, BenchConfig.modes), (64, Ks, args.users_b64, 128, False, BenchConfig.modes)]
-    if not args.no_compile:  # the acceptance point, compiled: AR and strict (relaxed's draw loop is slow to compile)
-        runs.insert(1, (1, (10,), args.users, 0, True, ("ar", "spec-strict")))
-    for batch, ks, users, hf_users, compiled, modes in runs:
-        N, gamma, expand, depths, widths = shapes[batch]
-        cfg = BenchConfig(Ks=ks, batches=(batch,), users=users, warmup=3, draft_beams=N, gamma=gamma, draft_expand=expand,
-                          depths=depths, widths=widths, compile=compiled, modes=modes,
-                          cuda_graphs=DEV == "cuda", hf_users=hf_users, tie_tol=args.tie_tol, relaxed_beams=args.relaxed_beams)
+    rest = tuple(k for k in Ks if k != 10)
+    # tree shapes: batch 1 holds every level-1 code, then levels 3-4 whole (the trie drafter enumerates them);
+    # batch 64 (compute-bound) a small model-drafted tree
+    b1 = dict(draft_beams=args.N1, gamma=args.gamma1, draft_expand=args.expand1, depths=depths1, widths=widths1)
+    b64 = dict(draft_beams=40, gamma=args.gamma, draft_expand=2.0, depths=(), widths=(), relaxed_beams=args.relaxed_beams)
+    both, trie_only, ce_only = {"trie": "trie", "ce": draft}, {"trie": "trie"}, {"ce": draft}
+    strict_hf, relaxed = ("ar", "spec-strict", "hf"), ("ar", "spec-relaxed")
+    # (label, batch, Ks, users, hf users, compiled, modes, drafts, shape), most wanted first: the budget may cut the tail
+    blocks = [("b1-K10", 1, (10,), args.users, args.hf_users, False, strict_hf, both, b1),
+              ("b1-K10-compiled", 1, (10,), args.users, 0, True, ("ar", "spec-strict"), trie_only, b1),
+              ("b1-K10-relaxed", 1, (10,), args.users, 0, False, relaxed, trie_only, b1),
+              ("b64-K10", 64, (10,), args.users_b64, 128, False, BenchConfig.modes, both, b64),
+              ("b1", 1, rest, args.users, args.hf_users, False, strict_hf, both, b1),
+              ("b1-relaxed", 1, rest, args.users, 0, False, relaxed, trie_only, b1),
+              ("b64", 64, rest, args.users_b64, 128, False, BenchConfig.modes, ce_only, b64)]
+    if args.no_compile:
+        blocks = [b for b in blocks if not b[5]]
+    rows, skipped = [], []
+    step = floor_ms = float("nan")
+    bw = copy_bandwidth()
+    for label, batch, ks, users, hf_users, compiled, modes, drafts, shape in blocks:
+        if not ks:
+            continue
+        if time.time() - t0 > args.budget:
+            skipped.append(label)
+            log("budget spent: skipping", label)
+            continue
+        cfg = BenchConfig(Ks=ks, batches=(batch,), users=users, warmup=3, compile=compiled, modes=modes,
+                          cuda_graphs=DEV == "cuda", hf_users=hf_users, tie_tol=args.tie_tol,
+                          temperature=args.temperature, **shape)
         t1 = time.time()
         try:
-            new = run_bench(target, draft, cat, test, cfg, device=DEV, hf_model=hf, on_row=lambda r: log(r),
+            new = run_bench(target, drafts, cat, test, cfg, device=DEV, hf_model=hf, on_row=lambda r: log(r),
                             reference=target32)
         except Exception:  # keep what was measured; say what broke
             traceback.print_exc()
             new = []
         for r in new:
-            r["compiled"] = compiled
+            r.update(compiled=compiled, block=label)
+            if r.get("drafter"):
+                N = max(shape["relaxed_beams"] if r["mode"] == "spec-relaxed" and shape.get("relaxed_beams") else shape["draft_beams"], r["K"])
+                r.update(draft_beams=N, gamma=shape["gamma"], expand=shape["draft_expand"],
+                         depths="/".join(map(str, shape["depths"])), widths="/".join(map(str, shape["widths"])))
+            if r["mode"] == "spec-relaxed":
+                r["temperature"] = args.temperature
         rows += new
-        log(f"batch {batch} Ks {ks} compiled={compiled}: {time.time() - t1:.0f} s")
+        log(f"block {label}: {time.time() - t1:.0f} s")
+        if label == "b1-K10-compiled" or (args.no_compile and label == "b1-K10"):  # the AR step against its floor
+            floor_ms = tp * 2 / bw * 1e3
+            step = ar_step_ms(target, cat, test, 10, compiled)
+            for r in rows:
+                if r["block"] == label and r["mode"] == "ar":
+                    r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         write_results(rows, os.path.join(args.out, "gpu_topk_partial.json"), DEV, command="partial", extra={})
-    bw = copy_bandwidth()
-    floor_ms = tp * 2 / bw * 1e3
-    step = ar_step_ms(target, cat, test, 10, not args.no_compile)
-    for r in rows:
-        r["drafter"] = "ce" if r["mode"].startswith("spec") else None
-        if r["drafter"]:
-            N, gamma, expand, depths, widths = shapes[r["batch"]]
-            r.update(draft_beams=max(args.relaxed_beams, r["K"]) if r["mode"] == "spec-relaxed" else max(N, r["K"]),
-                     gamma=gamma, expand=expand, depths="/".join(map(str, depths)), widths="/".join(map(str, widths)))
-        if r["mode"] == "ar" and r["batch"] == 1 and r["K"] == 10 and r["compiled"] == (not args.no_compile):
-            r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
-        if r["drafter"] is None:
-            del r["drafter"]
+    profile = kernel_profile(target, cat, test, 10, not args.no_compile) if time.time() - t0 < args.budget + 20 else {}
+    log("AR call kernel profile:", json.dumps(profile))
+    exact = {}
+    if time.time() - t0 < args.budget + 20:
+        exact = {name: fp32_exactness(target32, d32, cat, test, 10, args.exact_users, args.N1, args.gamma1, args.expand1,
+                                      depths1, widths1) for name, d32 in (("trie", "trie"), ("ce", draft32))}
+        log("fp32 exactness on the GPU (graph replay, b=1):", exact)
     extra = {"target_params": tp, "draft_params": dp, "copy_bandwidth_GBps": round(bw / 1e9, 1), "fp32_exactness": exact,
-             "target_shape": TARGET, "draft_shape": DRAFT, "tree_sweep_b1_K10": extra_sweep,
+             "target_shape": TARGET, "draft_shape": DRAFT, "ar_call_profile": profile, "skipped_blocks": skipped,
              "seconds": round(time.time() - t0, 1)}
     path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), DEV,
                          command="PYTHONPATH=src python3 " + " ".join(sys.argv), extra=extra)
-    log("wrote", path, json.dumps(extra))
-    print(f"{'mode':13s} {'c':1s} {'K':>3s} {'b':>3s} {'ms':>9s} {'u/s':>8s} {'xAR':>6s} {'xHF':>6s} {'acc':>5s} {'calls':>5s} {'mis':>4s} {'ties':>4s} {'R@K':>6s}")
+    log("wrote", path, json.dumps({k: v for k, v in extra.items() if k != "ar_call_profile"}))
+    print(f"{'block':16s} {'mode':12s} {'drafter':7s} {'K':>3s} {'b':>3s} {'ms':>8s} {'u/s':>8s} {'xAR':>6s} {'xHF':>6s} "
+          f"{'calls':>5s} {'mis':>4s} {'tie32':>5s} {'R@K':>6s} {'N@K':>6s}")
     for r in rows:
         k = r["K"]
-        print(f"{r['mode']:13s} {int(r['compiled'])} {r['K']:3d} {r['batch']:3d} {r['median_ms']:9.3f} {r['users_per_s']:8.1f} "
-              f"{r.get('speedup_vs_ar', 0):6.2f} {r.get('speedup_vs_hf', 0):6.2f} {r.get('accepted_levels', 0):5.2f} "
-              f"{r.get('target_calls', 0):5.2f} {r.get('mismatches', -1):4d} {r.get('mismatches_ties', -1):4d} "
-              f"{r.get(f'recall@{k}', 0):6.4f}")
+        print(f"{r['block']:16s} {r['mode']:12s} {str(r.get('drafter') or ''):7s} {k:3d} {r['batch']:3d} {r['median_ms']:8.3f} "
+              f"{r['users_per_s']:8.1f} {r.get('speedup_vs_ar', 0):6.2f} {r.get('speedup_vs_hf', 0):6.2f} "
+              f"{r.get('target_calls', 0):5.2f} {r.get('mismatches', -1):4d} {r.get('mismatches_ties_fp32', -1):5d} "
+              f"{r.get(f'recall@{k}', 0):6.4f} {r.get(f'ndcg@{k}', 0):6.4f}")
     print("fp32 exactness (GPU, graphs):", exact)
     print(f"AR step K=10 b=1: {step:.3f} ms, floor {floor_ms:.3f} ms (weights {tp * 2 / 1e9:.2f} GB at {bw / 1e9:.0f} GB/s)")
 

@@ -111,7 +111,7 @@ def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, dep
 
 @app.command("eval")
 def evaluate(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
-             draft: Optional[str] = typer.Option(None, help="draft checkpoint: speculative decoding"),
+             draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
              split: str = typer.Option("test", help="test or valid"), K: int = typer.Option(20, "--K"),
              verify: str = "strict", draft_beams: int = 40, gamma: int = 3, expand: float = EXPAND,
              depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
@@ -132,7 +132,7 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
 @app.command()
 def recommend(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
               input: str = typer.Option("-", "--input", help="JSON lines {\"history\": [item ids]} ('-': stdin)"),
-              draft: Optional[str] = typer.Option(None, help="draft checkpoint: speculative decoding"),
+              draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
               verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)"),
               draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
               expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
@@ -194,8 +194,8 @@ def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 
 
 @app.command()
 def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpoint"),
-          draft: list[str] = typer.Option([], help="draft checkpoint, or NAME=CHECKPOINT; repeat to time several "
-                                                  "drafts against one AR run (rows carry drafter NAME)"),
+          draft: list[str] = typer.Option([], help="draft checkpoint, or NAME=CHECKPOINT ('trie': the model-free trie "
+                                                  "drafter); repeat to time several drafts against one AR run (rows carry drafter NAME)"),
           K: list[int] = typer.Option([1, 5, 10, 20], "--K"), batch: list[int] = typer.Option([1, 32], "--batch"),
           users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
           expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
@@ -207,6 +207,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
     """Time AR, strict and relaxed speculative beam search and HF generate in one run -> JSON + PNG."""
     import torch
 
+    from recspec.decoding.drafters import TRIE
     from recspec.evaluation.bench import BenchConfig, run_bench
     from recspec.evaluation.report import plot_acceptance, plot_results, write_results
     from recspec.models.hf import check_fits, load_checkpoint
@@ -218,6 +219,9 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
     rec = Recommender.load(data, target, None, index_dir=index_dir or os.path.dirname(os.path.normpath(target)), device=device)
     drafts = {}
     for name, path in named.items():
+        if path == TRIE:  # the model-free trie drafter
+            drafts[name] = TRIE
+            continue
         drafts[name], meta = load_checkpoint(path, device=device)
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,

@@ -18,7 +18,7 @@ from recspec.data.catalog import Catalog, open_catalog
 from recspec.data.datasets import HISTORY_LEN, Example
 from recspec.data.vocab import build_prompts
 from recspec.decoding.beam_search import BeamResult
-from recspec.decoding.drafters.draft_model import DraftModelDrafter
+from recspec.decoding.drafters import TRIE, make_drafter
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.stats import SpecStats
 from recspec.evaluation.evaluate import length_batches, target_sids
@@ -31,7 +31,7 @@ from recspec.models.hf import check_fits, load_checkpoint
 class Recommender:
     catalog: Catalog
     target: Decoder
-    draft: Decoder | None = None
+    draft: Decoder | str | None = None  # a draft model, or "trie" (the model-free trie drafter)
     cfg: DecodeConfig = DecodeConfig()
     device: str = "cpu"
 
@@ -41,15 +41,16 @@ class Recommender:
         cat = open_catalog(data, index_dir=index_dir)
         target, meta = load_checkpoint(target_dir, device=device)
         check_fits(meta, cat.vocab, cat.index.fingerprint(), target_dir)
-        draft = None
-        if draft_dir:
+        draft = TRIE if draft_dir == TRIE else None
+        if draft_dir and draft is None:
             draft, dmeta = load_checkpoint(draft_dir, device=device)
             check_fits(dmeta, cat.vocab, cat.index.fingerprint(), draft_dir)
         return Recommender(cat, target, draft, cfg, device)
 
     def _engine(self, K: int) -> SpecEngine:
         trie = self.catalog.trie.to(self.device)
-        drafter = DraftModelDrafter(self.draft, trie, max(self.cfg.draft_beams, K), self.cfg.draft_expand) if self.draft is not None else None
+        drafter = make_drafter(self.draft, trie, max(self.cfg.draft_beams, K), self.cfg.draft_expand,
+                               self.catalog.data.train) if self.draft is not None else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         return SpecEngine(self.target, drafter, trie, K=K, N=max(self.cfg.draft_beams, K), gamma=self.cfg.gamma,
                           verify=self.cfg.verify, generator=gen, depths=self.cfg.depths,

@@ -206,14 +206,17 @@ def _choose(cand, K, mode, gen, tree: DraftTree | None, j, beam_node, in_tree, t
     logp = cand.reshape(B, M * V) / temperature
     logp = logp - logp.logsumexp(dim=1, keepdim=True)
     flat = V_.gumbel_topk(logp, K, gen)  # the target's own sampling step (no tree, or bonus level)
-    ok = torch.zeros(B, dtype=torch.bool, device=cand.device)
     if has_level:
         q_on_p, draws, draw_logq = _relaxed_inputs(tree, j, beam_node, M, V)
-        chosen, ok = V_.verify_relaxed(logp, q_on_p, draws, draw_logq, K, gen)
+        chosen, _ = V_.verify_relaxed(logp, q_on_p, draws, draw_logq, K, gen)
         flat = torch.where(in_tree[:, None], chosen, flat)
     parent, token = V_.beams_from_flat(flat, V)
-    node = _node_of(table, beam_node, parent, token, V) if has_level else torch.full_like(parent, -1)
-    return parent, token, node, ok
+    if not has_level:
+        return parent, token, torch.full_like(parent, -1), torch.zeros(B, dtype=torch.bool, device=cand.device)
+    # accepted when every new beam is a drafted node, drawn or not: the K beams follow the target's law
+    # whichever way they were filled, and the tree holds their children's scores either way
+    node = _node_of(table, beam_node, parent, token, V)
+    return parent, token, node, (node >= 0).all(dim=1)
 
 
 def _relaxed_inputs(tree: DraftTree, j, beam_node, M, V):
@@ -224,12 +227,13 @@ def _relaxed_inputs(tree: DraftTree, j, beam_node, M, V):
     q_on_p = torch.where(known[..., None], gather_rows(logq, beam_node.clamp(min=0)), float("-inf")).reshape(B, M * V)
     beam_of = torch.full((B, P + 1), -1, dtype=torch.long, device=beam_node.device)
     beam_of.scatter_(1, torch.where(known, beam_node, P), torch.arange(M, device=beam_node.device).expand(B, M).clone())
-    node = tree.draws[:, j]  # (B, N) node index of each draw
+    node = tree.draws[:, j].clamp(min=0)  # (B, n) node index of each draw (-1: no draw)
     par, tok = tree.parents[:, j].gather(1, node), tree.tokens[:, j].gather(1, node)
     k = beam_of.gather(1, par)
     draws = torch.where(k >= 0, k * V + tok, -1)
     draw_logq = logq.reshape(B, P * V).gather(1, par * V + tok)
-    draw_logq = torch.where(tree.valid[:, j].gather(1, node), draw_logq, float("-inf"))  # on an invalid node: no draw
+    real = tree.valid[:, j].gather(1, node) & (tree.draws[:, j] >= 0)
+    draw_logq = torch.where(real, draw_logq, float("-inf"))  # on an invalid node, or none: no draw
     return q_on_p, draws, draw_logq
 
 

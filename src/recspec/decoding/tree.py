@@ -53,7 +53,7 @@ class DraftTree:
     tokens: torch.Tensor  # (B, d, N) token ids
     parents: torch.Tensor  # (B, d, N) index of the parent: level 0 -> current beam, else node at level j - 1
     valid: torch.Tensor  # (B, d, N) bool: a real, distinct, trie-valid node
-    draws: torch.Tensor | None = None  # (B, d, N) node of each of N i.i.d. draws from q (sampling drafts)
+    draws: torch.Tensor | None = None  # (B, d, n) node of each of n ordered draws from q (sampling drafts; -1: none)
     logq: torch.Tensor | None = None  # (B, d, P, V) draft log q over extensions of level j's parents (P = max(N, K))
     fed: tuple[int, ...] | None = None  # per level, how many leading nodes can be valid (static; None: all N)
 
@@ -102,3 +102,21 @@ def dedupe_rows(x: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor,
     uniq = torch.where(valid, uniq, torch.full_like(uniq, fill))
     inverse = torch.empty_like(rank).scatter_(1, order, rank)
     return uniq, valid, inverse
+
+
+def stack_levels(levels: tuple[torch.Tensor | None, ...], N: int, first_pad: bool = False) -> torch.Tensor | None:
+    """d levels of (B, w_j) -> (B, d, N). Padding is 0 (token, parent) / False (valid); with first_pad
+    (draws) it is w_j, the level's first padding node: a draw on an invalid node is no draw."""
+    if levels[0] is None:
+        return None
+    pad = lambda x: x if x.shape[1] == N else torch.cat([x, torch.full_like(x[:, :1], x.shape[1] if first_pad else 0)  # noqa: E731
+                                                          .expand(-1, N - x.shape[1])], dim=1)
+    return torch.stack([pad(x) for x in levels], dim=1)
+
+
+def pad_rows(x: torch.Tensor | None, P: int) -> torch.Tensor | None:
+    """(B, M, V) -> (B, P, V), padded with -inf rows."""
+    if x is None or x.shape[1] == P:
+        return x
+    pad = x.new_full((x.shape[0], P - x.shape[1], x.shape[2]), float("-inf"))
+    return torch.cat([x, pad], dim=1)

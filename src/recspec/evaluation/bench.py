@@ -18,7 +18,7 @@ import torch
 from recspec.data.catalog import Catalog
 from recspec.data.datasets import HISTORY_LEN, Example
 from recspec.data.vocab import build_prompts
-from recspec.decoding.drafters.draft_model import DraftModelDrafter
+from recspec.decoding.drafters import make_drafter
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.stats import SpecStats
 from recspec.evaluation.evaluate import target_sids
@@ -91,12 +91,12 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
     return call
 
 
-def make_engine(mode: str, target: Decoder, draft: Decoder | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
+def make_engine(mode: str, target: Decoder, draft: Decoder | str | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
     trie = catalog.trie.to(device)
     N = max(cfg.relaxed_beams if mode == "spec-relaxed" and cfg.relaxed_beams else cfg.draft_beams, K)
     static = cfg.cuda_graphs or cfg.compile  # captured or compiled rounds sample from the global RNG
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
-    drafter = DraftModelDrafter(draft, trie, N, cfg.draft_expand) if mode != "ar" else None
+    drafter = make_drafter(draft, trie, N, cfg.draft_expand, catalog.data.train) if mode != "ar" else None
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
     width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if static else None  # one round shape
     return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,
@@ -164,7 +164,7 @@ def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar:
     return row
 
 
-def run_bench(target: Decoder, draft: Decoder | dict[str, Decoder] | None, catalog: Catalog,
+def run_bench(target: Decoder, draft: Decoder | str | dict[str, Decoder | str] | None, catalog: Catalog,
               examples: Sequence[Example], cfg: BenchConfig, device="cpu", hf_model=None,
               on_row: Callable[[dict], None] | None = None, reference: Decoder | None = None) -> list[dict]:
     """Every (K, batch, mode) on the same users; speedups are filled in against "ar" and "hf".
@@ -172,8 +172,9 @@ def run_bench(target: Decoder, draft: Decoder | dict[str, Decoder] | None, catal
     reference: the fp32 target, when the timed one runs in lower precision: every user whose list
     differs from AR's is re-scored under it (`audit_ties`), and the rows say how many are ties.
 
-    draft: one draft model, or {name: draft}: then every spec mode is timed once per draft, on the
-    same users and against the same AR run, and its rows carry "drafter": name."""
+    draft: one draft model (or "trie", the model-free trie drafter), or {name: draft}: then every spec
+    mode is timed once per draft, on the same users and against the same AR run, and its rows carry
+    "drafter": name."""
     gt = target_sids(catalog.trie, examples)
     drafts = draft if isinstance(draft, dict) else ({} if draft is None else {None: draft})
     rows = []

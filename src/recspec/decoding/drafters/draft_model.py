@@ -13,7 +13,7 @@ from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
 from recspec.decoding.drafters.base import Frontier, Verdict, register
 from recspec.decoding.prompt import prefill, prompt_key_mask
-from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, path_mask
+from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, pad_rows, path_mask, stack_levels
 from recspec.decoding.verify import candidate_scores, gumbel_topk, topk_candidates
 from recspec.errors import CheckpointError
 from recspec.models.decoder import Decoder
@@ -76,7 +76,7 @@ class DraftModelDrafter:
             if j > 0 and not sample and keep < cand.shape[1]:  # nodes are best-first: extend the top `keep`
                 cand = torch.cat([cand[:, :keep], torch.full_like(cand[:, keep:], float("-inf"))], dim=1)
             parent, token, score, draws, logq = self._select(cand, sample, generator, w, temperature)  # (B, w)
-            levels.append((token, parent, torch.isfinite(score), draws, _pad_rows(logq, P)))
+            levels.append((token, parent, torch.isfinite(score), draws, pad_rows(logq, P)))
             states = self.trie.step(gather_rows(states, parent), token)
             scores = score
             slots = self.layout.tree_slots(j, B, scores.device)[:, :w]
@@ -88,8 +88,8 @@ class DraftModelDrafter:
             else:  # KV only: if this last level is accepted, `observe` copies it and the next round reads it
                 self.model.hidden(token, pos, mask, self.cache, slots)
         tok, par, val, drw, lq = zip(*levels)
-        tok, par, val = (_stack_nodes(x, N) for x in (tok, par, val))  # (B, d, N)
-        drw = _stack_nodes(drw, N, first_pad=True)
+        tok, par, val = (stack_levels(x, N) for x in (tok, par, val))  # (B, d, N)
+        drw = stack_levels(drw, N, first_pad=True)
         lq = torch.stack(lq, dim=1) if sample else None  # (B, d, P, V)
         return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq,
                          fed=widths if any(w < N for w in widths) else None)
@@ -109,21 +109,3 @@ class DraftModelDrafter:
         score = flat.gather(1, picks)
         draws = torch.arange(n, device=cand.device).expand(B, -1)  # node i is draw i
         return picks // V, picks % V, score, draws, logq.reshape(B, M, V)
-
-
-def _stack_nodes(levels: tuple[torch.Tensor | None, ...], N: int, first_pad: bool = False) -> torch.Tensor | None:
-    """d levels of (B, w_j) -> (B, d, N). Padding is 0 (token, parent) / False (valid); with first_pad
-    (draws) it is w_j, the level's first padding node: a draw on an invalid node is no draw."""
-    if levels[0] is None:
-        return None
-    pad = lambda x: x if x.shape[1] == N else torch.cat([x, torch.full_like(x[:, :1], x.shape[1] if first_pad else 0)  # noqa: E731
-                                                          .expand(-1, N - x.shape[1])], dim=1)
-    return torch.stack([pad(x) for x in levels], dim=1)
-
-
-def _pad_rows(x: torch.Tensor | None, P: int) -> torch.Tensor | None:
-    """(B, M, V) -> (B, P, V), padded with -inf rows."""
-    if x is None or x.shape[1] == P:
-        return x
-    pad = x.new_full((x.shape[0], P - x.shape[1], x.shape[2]), float("-inf"))
-    return torch.cat([x, pad], dim=1)

@@ -1,0 +1,161 @@
+"""A model-free drafter: the trie's own children, ranked by item popularity.
+
+Where the SID trie is narrow, the best draft is no guess at all: the target's K beams at level l
+have few children (Beauty: 1.7 per level-2 prefix, 1.08 per level-3 prefix; the root has 91), so a
+tree that holds every child of every beam is accepted whatever the target prefers. This drafter
+proposes exactly that, with no forward pass: a gather from `trie.next_state` and one top-k. Where a
+level has more children than the tree's width (Beauty's level 2: 72 per level-1 code), it keeps
+those with the highest parent score plus the log-share of training interactions under each child
+(a popularity prior), the draft a retrieval pool would make.
+
+Node scores start from the target's cumulative log-probs of the current beams, as in the model
+drafter, so a parent the target likes keeps more of its children.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from recspec.data.trie import SIDTrie
+from recspec.data.vocab import Prompts
+from recspec.decoding.drafters.base import Frontier, Verdict, register
+from recspec.decoding.tree import DraftTree, Layout, gather_rows, pad_rows, stack_levels
+from recspec.decoding.verify import gumbel_topk
+
+NEG_INF = float("-inf")
+
+
+def popularity_prior(trie: SIDTrie, histories: Iterable[Iterable[int]], smoothing: float = 1.0) -> torch.Tensor:
+    """(S,) float32 log P(state | its parent state) from interaction counts, add-`smoothing` per child.
+
+    histories: item ids per user (training data). The root (and the end state) get 0."""
+    counts = np.zeros(len(trie.item_sid), dtype=np.float64)
+    for h in histories:
+        for item in h:
+            if 0 <= item < len(counts):
+                counts[item] += 1
+    trie = trie.to("cpu")
+    nxt = trie.next_state.numpy()
+    S = nxt.shape[0]
+    leaf_of_sid = np.full(trie.num_sids, -1, dtype=np.int64)
+    leaves = np.nonzero(trie.leaf_sid.numpy() >= 0)[0]
+    leaf_of_sid[trie.leaf_sid.numpy()[leaves]] = leaves
+    mass = np.zeros(S, dtype=np.float64)
+    np.add.at(mass, leaf_of_sid[trie.item_sid.numpy()], counts)  # interactions per leaf
+    parent = np.full(S, -1, dtype=np.int64)
+    depth = trie.depth.numpy()
+    L = trie.num_levels
+    src, col = np.nonzero(nxt >= 0)
+    keep = depth[src] < L  # code edges only (not leaf -> end)
+    parent[nxt[src[keep], col[keep]]] = src[keep]
+    for d in range(L, 0, -1):  # push mass up, deepest level first
+        at = np.nonzero((depth == d) & (parent >= 0))[0]
+        np.add.at(mass, parent[at], mass[at])
+    mass = mass + smoothing
+    fan = np.bincount(parent[parent >= 0], minlength=S).astype(np.float64)  # children per state
+    prior = np.zeros(S, dtype=np.float64)
+    has = parent >= 0
+    prior[has] = np.log(mass[has]) - np.log(mass[parent[has]] - smoothing + smoothing * fan[parent[has]])
+    return torch.as_tensor(prior, dtype=torch.float32)
+
+
+@register("trie")
+class TrieDrafter:
+    def __init__(self, trie: SIDTrie, N: int, prior: torch.Tensor | None = None, draws: int | None = 0):
+        """prior: (S,) log P(child | parent) by trie state (`popularity_prior`); None ranks a parent's
+        children equally (in code order). It only matters where a level is cut to the tree's width.
+        draws (sampling drafts): how many of a level's nodes, in the order drawn from q, relaxed
+        verification runs its rejection steps on (None: all). A level holding every child is accepted
+        whatever is drawn (the target's own draws all land on nodes), so the default 0 leaves the
+        target to sample alone there, without the per-draw loop; draws only help at cut levels."""
+        if draws is not None and draws < 0:
+            raise ValueError(f"trie drafter draws must be >= 0 or None, got {draws}")
+        self.draws = draws
+        S = trie.next_state.shape[0]
+        if prior is not None and tuple(prior.shape) != (S,):
+            raise ValueError(f"trie drafter prior has shape {tuple(prior.shape)}, the trie has {S} states")
+        self.trie, self.N = trie, N
+        self.prior = prior if prior is not None else torch.zeros(S)
+
+    def start(self, prompts: Prompts, layout: Layout) -> None:
+        dev = prompts.tokens.device
+        if self.prior.device != dev:
+            self.prior = self.prior.to(dev)
+        self.layout = layout
+
+    def prefill(self) -> None:
+        """Nothing to run: the trie is the draft."""
+
+    def state_tensors(self) -> tuple[torch.Tensor, ...]:
+        return ()
+
+    def observe(self, verdict: Verdict) -> None:
+        """No cache to compact."""
+
+    @torch.no_grad()
+    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
+                widths: tuple[int, ...] | None = None, temperature: float = 1.0) -> DraftTree:
+        """Level by level, the children of the level above (the target's beams first), best `w` of them."""
+        scores, states = frontier.scores, frontier.states  # (B, M)
+        N, V = self.N, self.trie.vocab_size
+        widths = tuple(min(w, N) for w in widths) if widths else (N,) * depth
+        P = max(N, scores.shape[1])
+        levels = []
+        for w in widths:
+            child, token = self._children(states)  # (B, P, C)
+            cand = torch.where(child >= 0, scores[..., None] + self.prior[child.clamp(min=0)], NEG_INF)
+            parent, code, score, draws, logq = _select(cand, sample, generator, w, temperature)  # (B, w)
+            tok = gather_rows(token, parent).gather(2, code[..., None])[..., 0]
+            if logq is not None:
+                logq = pad_rows(_to_vocab(logq, token, V), P)  # (B, P, V)
+            levels.append((tok, parent, torch.isfinite(score), draws, logq))
+            states = torch.where(torch.isfinite(score), gather_rows(child, parent).gather(2, code[..., None])[..., 0],
+                                 torch.full_like(score, self.trie.end_state, dtype=torch.long))
+            scores = score
+        tok, par, val, drw, lq = zip(*levels)
+        tok, par, val = (stack_levels(x, N) for x in (tok, par, val))  # (B, d, N)
+        if sample:  # the first `draws` of each level, in the order drawn (-1: none)
+            n = N if self.draws is None else self.draws
+            drw = torch.stack([torch.cat([x, x.new_full((x.shape[0], N), -1)], dim=1)[:, :n] for x in drw], dim=1)
+        return DraftTree(tokens=tok, parents=par, valid=val, draws=drw if sample else None,
+                         logq=torch.stack(lq, dim=1) if sample else None,
+                         fed=widths if any(w < N for w in widths) else None)
+
+    def _children(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """states (B, P) -> child states (B, P, C) (-1: none) and their token ids (B, P, C).
+        A leaf's only child is the end state through <eos>; trees never reach it (depth <= L - level)."""
+        t = self.trie
+        child = t.next_state[states]
+        at_code = t.depth[states] < t.num_levels
+        child = torch.where(at_code[..., None], child, torch.full_like(child, -1))
+        token = t.level_offset[t.depth[states]][..., None] + torch.arange(child.shape[-1], device=states.device)
+        return child, token
+
+
+def _select(cand: torch.Tensor, sample: bool, generator, n: int, temperature: float):
+    """cand (B, P, C) cumulative scores over children codes -> n nodes: parent, code, score (B, n);
+    draws (B, n) and logq (B, P, C) when sampling (from the scores / temperature)."""
+    B, P, C = cand.shape
+    flat = cand.reshape(B, P * C)
+    n = min(n, P * C)
+    if not sample:
+        score, idx = flat.topk(n, dim=1)
+        return idx // C, idx % C, score, None, None
+    hot = flat / temperature
+    norm = hot.logsumexp(dim=1, keepdim=True)
+    logq = torch.where(torch.isfinite(norm), hot - norm, hot)  # finished rows: all -inf
+    picks = gumbel_topk(logq, n, generator)  # (B, n) distinct, in the order drawn
+    score = flat.gather(1, picks)
+    draws = torch.arange(n, device=cand.device).expand(B, -1)  # node i is draw i
+    return picks // C, picks % C, score, draws, logq.reshape(B, P, C)
+
+
+def _to_vocab(x: torch.Tensor, token: torch.Tensor, V: int) -> torch.Tensor:
+    """x (B, P, C) over child codes, token (B, P, C) their ids -> (B, P, V), -inf elsewhere."""
+    B, P, C = x.shape
+    out = x.new_full((B, P, V + C), NEG_INF)
+    out.scatter_(2, token.clamp(max=V + C - 1), x)
+    return out[..., :V]

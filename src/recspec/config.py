@@ -71,6 +71,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps (0: no limit)
     time_limit_s: float = 0.0  # stop after this many seconds of training (0: no limit)
     threads: int = 0  # torch CPU threads (0: torch's default)
+    optimizer_state: bool = True  # keep AdamW's state in last/ so the run can resume (False: weights only)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from recspec.models.hf import CheckpointMeta, check_fits, load_checkpoint, save_
 
 LOG_EVERY = 10  # optimiser steps between "train" log records
 # config fields that may change between a run and its resumption (they do not change the weights)
-RESUMABLE_CHANGES = ("max_steps", "time_limit_s", "threads", "eval_every", "eval_users")
+RESUMABLE_CHANGES = ("max_steps", "time_limit_s", "threads", "eval_every", "eval_users", "optimizer_state")
 
 
 @dataclass
@@ -185,9 +185,10 @@ class TrainLoop:
         folder = os.path.join(self.out_dir, "last")
         staging = folder + ".partial"
         save_checkpoint(self.model, self._meta(), staging)
-        tensors, steps = optimizer_tensors(self.opt, self.model)
-        save_file(tensors, os.path.join(staging, "optim.safetensors"), metadata={"format": "pt"})
-        _write_json(os.path.join(staging, "optim.json"), {"step": steps})
+        if getattr(self.cfg, "optimizer_state", True):  # off: weights only (a 3B model's AdamW state is 25 GB)
+            tensors, steps = optimizer_tensors(self.opt, self.model)
+            save_file(tensors, os.path.join(staging, "optim.safetensors"), metadata={"format": "pt"})
+            _write_json(os.path.join(staging, "optim.json"), {"step": steps})
         _swap_in(staging, folder)
         self.saved_step = self.state.step
         _write_json(os.path.join(self.out_dir, "train_state.json"),
@@ -209,6 +210,9 @@ class TrainLoop:
             what = diff or ["model config"]
             raise CheckpointError(f"{folder}: saved under a different {', '.join(what)}; "
                                   "use another out_dir or delete it to start over")
+        if not os.path.isfile(os.path.join(folder, "optim.json")):
+            raise CheckpointError(f"{folder}: saved without optimiser state (optimizer_state=False), so the run "
+                                  "cannot resume; use another out_dir or delete it to start over")
         self.model.load_state_dict(saved.state_dict())
         with open(os.path.join(folder, "optim.json")) as f:
             steps = json.load(f)["step"]

@@ -154,3 +154,33 @@ def test_recommend_with_a_depth_schedule_equals_plain_beam_search(toy, make_deco
     assert bad.exit_code != 0 and "'x' is not a depth" in bad.output
     bad = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--widths", "4,-1"], input=histories)
     assert bad.exit_code != 0 and "'-1' is not a width" in bad.output
+
+
+def test_recommend_with_the_trie_drafter_equals_plain_beam_search(toy):
+    """--draft trie (no checkpoint: the trie's children, ranked by popularity where a level is cut) with
+    strict verification returns AR's lists: with levels cut below the trie's fan-out and with whole ones."""
+    index = SIDIndex.load(toy / "data" / "toy.index.json")
+    L = index.num_levels
+    prefixes = [len({tuple(c[:d]) for c in index.codes.tolist()}) for d in range(1, L + 1)]  # per SID level
+    histories = "".join(json.dumps({"history": h}) + "\n" for h in ([1, 2, 3], [4], [5, 9, 12, 20], [29, 0]))
+    base = ["recommend", str(toy / "data"), "--model", str(toy / "target"), "--K", "3"]
+    trie = base + ["--draft", "trie", "--verify", "strict", "--gamma", str(L)]
+    runs = [CliRunner().invoke(cli.app, args, input=histories)
+            for args in (base, trie + ["--draft-beams", str(prefixes[0] - 1)], trie + ["--draft-beams", str(max(prefixes))])]
+    assert all(r.exit_code == 0 for r in runs), "".join(r.output for r in runs)
+    recs = lambda out: [json.loads(line)["recommendations"] for line in out.splitlines()]  # noqa: E731
+    plain, cut, whole = (recs(r.output) for r in runs)
+    assert len(plain) == 4 and all(len(r) == 3 for r in plain) and 3 <= prefixes[0] - 1  # the cut run: N >= K
+    for got in (cut, whole):
+        assert [[r["items"] for r in u] for u in got] == [[r["items"] for r in u] for u in plain]
+        assert [r["score"] for u in got for r in u] == pytest.approx([r["score"] for u in plain for r in u], abs=1e-4)
+    # the trie drafter is really used: `eval` with a tree holding every prefix of every level takes one target
+    # call per user (both levels accepted, <eos> the bonus), AR one per level and <eos>; same metrics
+    ev = ["eval", str(toy / "data"), "--model", str(toy / "target"), "--K", "3", "--users", "6", "--no-popularity"]
+    runs = [CliRunner().invoke(cli.app, args) for args in (ev, ev + ["--draft", "trie", "--gamma", str(L),
+                                                                     "--draft-beams", str(max(prefixes))])]
+    assert all(r.exit_code == 0 for r in runs), "".join(r.output for r in runs)
+    ar, spec = (json.loads(r.output)["recspec"] for r in runs)
+    assert ar["target_calls"] == L + 1 and spec["target_calls"] == 1
+    metrics = {k: v for k, v in ar.items() if "@" in k}
+    assert len(metrics) >= 2 and {k: v for k, v in spec.items() if "@" in k} == metrics

@@ -4,108 +4,21 @@ the target's sampling beam search in distribution; bad arguments and mismatched 
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chi2_contingency
 
-from recspec.data.datasets import load_sequential
-from recspec.data.sids import SIDIndex
-from recspec.data.trie import SIDTrie, build_trie
-from recspec.data.vocab import Prompts, Vocab, build_prompts
-from recspec.decoding.beam_search import BeamResult, beam_search
+from recspec.data.trie import build_trie
+from recspec.data.vocab import Vocab, build_prompts
+from recspec.decoding.beam_search import beam_search
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
 from recspec.decoding.spec_beam import spec_beam_search
-from recspec.decoding.stats import SpecStats
 from recspec.errors import CheckpointError
+from spec_checks import ATOL, BATCH, ROWS, TOY, check_items, levels_table, outcome_counts
 
-NUM_USERS = 200  # first Beauty test users decoded in batches of BATCH
-BATCH = 32
-SINGLE_USERS = 10  # users decoded one at a time (batch 1)
-ATOL = 1e-4
-TARGET = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
-DRAFT_NOISE = 0.03  # std of the noise added to the target's weights (std 0.3) for the "noisy" draft
-
-
-@dataclass(frozen=True)
-class Beauty:
-    index: SIDIndex
-    vocab: Vocab
-    trie: SIDTrie
-    batched: list[Prompts]  # NUM_USERS test users in batches of BATCH
-    single: list[Prompts]  # the first SINGLE_USERS of them, one per batch
-    target: torch.nn.Module
-    drafts: dict[str, torch.nn.Module]  # "random": untrained 1-layer; "self": the target; "noisy": target + noise
-
-    def prompts(self, batch: int) -> list[Prompts]:
-        return self.batched if batch == BATCH else self.single
-
-
-def noisy_copy(model: torch.nn.Module, std: float, seed: int) -> torch.nn.Module:
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(std * torch.randn(p.shape, generator=gen))
-    return out
-
-
-@pytest.fixture(scope="module")
-def beauty(shared_datasets, make_decoder) -> Beauty:
-    data, index = load_sequential(shared_datasets / "beauty")
-    vocab = Vocab.for_index(index)
-    histories = [e.history for e in data.test[:NUM_USERS]]
-    assert len(histories) == NUM_USERS
-    batched = [build_prompts(vocab, index, histories[i:i + BATCH]) for i in range(0, NUM_USERS, BATCH)]
-    single = [build_prompts(vocab, index, [h]) for h in histories[:SINGLE_USERS]]
-    target = make_decoder(vocab, seed=1, **TARGET)
-    drafts = {"random": make_decoder(vocab, seed=2), "self": target, "noisy": noisy_copy(target, DRAFT_NOISE, 3)}
-    return Beauty(index, vocab, build_trie(index, vocab), batched, single, target, drafts)
-
-
-@pytest.fixture(scope="module")
-def reference(beauty):
-    """reference(K, batch) -> the target's autoregressive beam search per prompt batch (memoised)."""
-
-    @lru_cache(maxsize=None)
-    def ref(K: int, batch: int) -> tuple[BeamResult, ...]:
-        return tuple(beam_search(beauty.target, beauty.trie, p, K) for p in beauty.prompts(batch))
-
-    return ref
-
-
-def check_items(trie: SIDTrie, vocab: Vocab, res: BeamResult) -> None:
-    """Every returned item is a real SID row whose codes are the returned tokens."""
-    assert (res.sids >= 0).all()
-    tokens = torch.as_tensor(vocab.item_tokens(trie.sids[res.sids].numpy()))  # (B, K, L)
-    assert torch.equal(res.codes, tokens)
-
-
-def levels_table(stats: SpecStats, L: int, gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accepted levels (B, R) (-1: user inactive) and each user's level at the start of each round
-    (B, R), checking the bookkeeping: 0 <= accepted <= min(gamma, L - level), every active round
-    advances accepted + 1 levels, every user ends at level L + 1 (L codes and <eos>), and the target
-    calls per user are (L + 1) - its accepted levels."""
-    acc = torch.stack(stats.accepted, dim=1).cpu()  # (B, R)
-    active = acc >= 0
-    level = torch.zeros_like(acc)
-    done = torch.zeros(acc.shape[0], dtype=torch.long)
-    for r in range(acc.shape[1]):
-        level[:, r] = done
-        assert torch.equal(active[:, r], done <= L), f"round {r}: active users are those not finished"
-        done = done + torch.where(active[:, r], acc[:, r] + 1, 0)
-    assert (done == L + 1).all()
-    remaining = (L - level).clamp(min=0)
-    assert (acc[active] <= torch.minimum(remaining[active], torch.tensor(gamma))).all()
-    assert (acc[active] <= gamma).all()
-    calls = stats.target_calls()
-    assert torch.equal(calls, active.sum(dim=1))
-    assert torch.equal(calls, (L + 1) - torch.where(active, acc, 0).sum(dim=1))
-    return acc, level
+# Fixtures `beauty` (Beauty test users, target and drafts) and `reference` (the target's beam search)
+# come from conftest.py; the constants and checks shared with other decoding tests from spec_checks.py.
 
 
 def check_self_draft(acc: torch.Tensor, level: torch.Tensor, L: int, gamma: int, exact_width: bool) -> None:
@@ -257,17 +170,6 @@ def test_negative_depth_is_refused(beauty):
 
 
 # --- relaxed mode: the law of sampling beam search --------------------------------------------------
-# 7 items over 2 levels of 3 codes (2 of the 9 code pairs unused)
-TOY = SIDIndex(codes=np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 2], [2, 1], [2, 2]]),
-               level_sizes=(3, 3), prefixes=("a", "b"))
-ROWS = 20_000
-
-
-def outcome_counts(res: BeamResult, U: int) -> np.ndarray:
-    """(U * U,) counts of the ordered K = 2 lists (best first) over the rows."""
-    return np.bincount((res.sids[:, 0] * U + res.sids[:, 1]).numpy(), minlength=U * U)
-
-
 @pytest.mark.parametrize("N,gamma,widths,temperature", [(2, 2, (), 1.0), (4, 1, (), 1.0), (4, 2, (3, 2), 1.0), (4, 2, (), 0.5)])
 def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, temperature):
     """widths: fewer drafted nodes (and draws) at some levels; the law must not change.

@@ -390,3 +390,15 @@ def test_make_drafter_builds_by_name(make_decoder):
     assert isinstance(drafter, TrieDrafter) and drafter.N == 4
     assert torch.equal(drafter.prior, popularity_prior(trie, HISTORIES[:2]))
     assert isinstance(make_drafter(make_decoder(vocab), trie, 4), DraftModelDrafter)
+
+
+def test_popularity_prior_refuses_unknown_items():
+    """An item id outside the catalogue is named, with the history it is in, not silently dropped."""
+    from recspec.data.trie import build_trie
+    from recspec.data.vocab import Vocab
+    from recspec.decoding.drafters.trie_drafter import popularity_prior
+    from spec_checks import TOY
+
+    trie = build_trie(TOY, Vocab.for_index(TOY))
+    with pytest.raises(ValueError, match=r"history 1 holds item 99"):
+        popularity_prior(trie, [[0, 1], [2, 99]])

@@ -116,3 +116,18 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
     _, meta = load_checkpoint(tmp_path / "last")
     assert meta.extra["train"]["state"]["step"] == res.steps
     assert (tmp_path / "last" / "optim.safetensors").is_file()
+
+
+def test_weights_only_checkpoints_keep_no_optimiser_and_refuse_to_resume(tmp_path):
+    """optimizer_state=False: last/ holds the weights (loadable) but no AdamW state, and a later run in the
+    same folder is told it cannot resume instead of silently starting from fresh optimiser moments."""
+    data, index, vocab, trie = toy_catalogue(users=20)
+    cfg = TrainConfig(**{**CFG.__dict__, "max_steps": 2, "optimizer_state": False})
+    res = train(tiny_model(vocab), data, index, vocab, trie, cfg, tmp_path, progress=False)
+    assert res.steps == 2
+    assert not (tmp_path / "last" / "optim.safetensors").exists() and not (tmp_path / "last" / "optim.json").exists()
+    saved, _ = load_checkpoint(tmp_path / "last")
+    assert saved.cfg.vocab_size == vocab.size
+    with pytest.raises(CheckpointError, match="without optimiser state"):
+        train(tiny_model(vocab), data, index, vocab, trie, TrainConfig(**{**cfg.__dict__, "max_steps": 4}),
+              tmp_path, progress=False)

@@ -126,7 +126,8 @@ def last_folder(out_dir: str) -> str | None:
         path = os.path.join(out_dir, name)
         if os.path.isfile(os.path.join(path, "optim.json")):
             return path
-    return None
+    weights_only = os.path.join(out_dir, "last")  # saved with optimizer_state=False: `resume` refuses it
+    return weights_only if os.path.isfile(os.path.join(weights_only, "model.safetensors")) else None
 
 
 @dataclass(frozen=True)

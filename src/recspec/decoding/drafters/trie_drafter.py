@@ -33,10 +33,12 @@ def popularity_prior(trie: SIDTrie, histories: Iterable[Iterable[int]], smoothin
 
     histories: item ids per user (training data). The root (and the end state) get 0."""
     counts = np.zeros(len(trie.item_sid), dtype=np.float64)
-    for h in histories:
+    for u, h in enumerate(histories):
         for item in h:
-            if 0 <= item < len(counts):
-                counts[item] += 1
+            if not 0 <= item < len(counts):
+                raise ValueError(f"popularity prior: history {u} holds item {item}, outside the catalogue's "
+                                 f"{len(counts)} items")
+            counts[item] += 1
     trie = trie.to("cpu")
     nxt = trie.next_state.numpy()
     S = nxt.shape[0]

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import replace
@@ -202,9 +204,11 @@ def main():
     smoke(cat, test)
     tcfg = TrainConfig(epochs=args.target_epochs, batch_size=64, lr=args.lr, warmup_steps=100, eval_users=300,
                        time_limit_s=args.target_time, optimizer_state=False)  # 25 GB of AdamW state: no disk for it
-    target, target32 = train_model(cat, TARGET, "/tmp/rs/target", tcfg, 0)
+    runs = tempfile.mkdtemp(prefix="recspec-gpu-bench-")  # fresh: a stale run there would be resumed
+    target, target32 = train_model(cat, TARGET, os.path.join(runs, "target"), tcfg, 0)
     dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=300, time_limit_s=args.draft_time)
-    draft, draft32 = train_model(cat, DRAFT, "/tmp/rs/draft", dcfg, 1)
+    draft, draft32 = train_model(cat, DRAFT, os.path.join(runs, "draft"), dcfg, 1)
+    shutil.rmtree(runs, ignore_errors=True)  # the models are in memory; a 3B checkpoint fills the device's disk
     from recspec.config import parse_depths
 
     depths1, widths1 = parse_depths(args.depths1), parse_depths(args.widths1, what="widths")

@@ -382,8 +382,8 @@ def test_relaxed_follows_sampling_beam_search(toy_laws, N, widths, draws):
 
 # --- the registry -------------------------------------------------------------------------------------------
 def test_make_drafter_builds_by_name(make_decoder):
-    vocab = Vocab.for_index(TOY)
-    trie = build_trie(TOY, vocab)
+    vocab = Vocab.for_index(SHARED)  # HISTORIES name SHARED's 8 items
+    trie = build_trie(SHARED, vocab)
     with pytest.raises(ValueError, match="nonsense"):
         make_drafter("nonsense", trie, 4)
     drafter = make_drafter("trie", trie, 4, histories=HISTORIES[:2])

@@ -28,7 +28,7 @@ from recspec.config import ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.data.vocab import build_prompts  # noqa: E402
 from recspec.decoding.beam_search import beam_search  # noqa: E402
-from recspec.evaluation.bench import BenchConfig, make_engine, run_bench  # noqa: E402
+from recspec.evaluation.bench import BenchConfig, draft_beams, make_engine, run_bench  # noqa: E402
 from recspec.evaluation.evaluate import evaluate  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
 from recspec.models.hf import load_checkpoint  # noqa: E402
@@ -258,8 +258,7 @@ def main():
         for r in new:
             r.update(compiled=compiled, block=label)
             if r.get("drafter"):
-                N = max(shape["relaxed_beams"] if r["mode"] == "spec-relaxed" and shape.get("relaxed_beams") else shape["draft_beams"], r["K"])
-                r.update(draft_beams=N, gamma=shape["gamma"], expand=shape["draft_expand"],
+                r.update(draft_beams=draft_beams(r["mode"], r["K"], cfg), gamma=shape["gamma"], expand=shape["draft_expand"],
                          depths="/".join(map(str, shape["depths"])), widths="/".join(map(str, shape["widths"])))
             if r["mode"] == "spec-relaxed":
                 r["temperature"] = args.temperature

@@ -50,7 +50,7 @@ class Recommender:
     def _engine(self, K: int) -> SpecEngine:
         trie = self.catalog.trie.to(self.device)
         drafter = make_drafter(self.draft, trie, max(self.cfg.draft_beams, K), self.cfg.draft_expand,
-                               self.catalog.data.train) if self.draft is not None else None
+                               self.catalog.popularity) if self.draft is not None else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         return SpecEngine(self.target, drafter, trie, K=K, N=max(self.cfg.draft_beams, K), gamma=self.cfg.gamma,
                           verify=self.cfg.verify, generator=gen, depths=self.cfg.depths,

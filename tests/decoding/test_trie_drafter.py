@@ -386,7 +386,7 @@ def test_make_drafter_builds_by_name(make_decoder):
     trie = build_trie(SHARED, vocab)
     with pytest.raises(ValueError, match="nonsense"):
         make_drafter("nonsense", trie, 4)
-    drafter = make_drafter("trie", trie, 4, histories=HISTORIES[:2])
+    drafter = make_drafter("trie", trie, 4, prior=popularity_prior(trie, HISTORIES[:2]))
     assert isinstance(drafter, TrieDrafter) and drafter.N == 4
     assert torch.equal(drafter.prior, popularity_prior(trie, HISTORIES[:2]))
     assert isinstance(make_drafter(make_decoder(vocab), trie, 4), DraftModelDrafter)

@@ -7,11 +7,13 @@ next to the run (`index_dir`) and reused, so a checkpoint always meets the index
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from recspec.data.datasets import (SEQUENTIAL_FILES, SplitData, find_ml100k, load_lcrec, load_recbole,
                                    load_sequential, recbole_items)
@@ -28,6 +30,14 @@ class Catalog:
     vocab: Vocab
     trie: SIDTrie
     index_path: str | None  # where the index was read from or written to
+
+    @functools.cached_property
+    def popularity(self) -> torch.Tensor:
+        """(S,) log P(trie state | its parent) from the training interactions: the trie drafter's prior,
+        computed once per catalogue however many engines are built on it."""
+        from recspec.decoding.drafters.trie_drafter import popularity_prior  # decoding builds on data, not back
+
+        return popularity_prior(self.trie, self.data.train)
 
 
 @dataclass(frozen=True)

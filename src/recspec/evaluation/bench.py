@@ -91,12 +91,17 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
     return call
 
 
+def draft_beams(mode: str, K: int, cfg: BenchConfig) -> int:
+    """N of a mode's tree: relaxed_beams for relaxed where set, else draft_beams; never below K."""
+    return max(cfg.relaxed_beams if mode == "spec-relaxed" and cfg.relaxed_beams else cfg.draft_beams, K)
+
+
 def make_engine(mode: str, target: Decoder, draft: Decoder | str | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
     trie = catalog.trie.to(device)
-    N = max(cfg.relaxed_beams if mode == "spec-relaxed" and cfg.relaxed_beams else cfg.draft_beams, K)
+    N = draft_beams(mode, K, cfg)
     static = cfg.cuda_graphs or cfg.compile  # captured or compiled rounds sample from the global RNG
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
-    drafter = make_drafter(draft, trie, N, cfg.draft_expand, catalog.data.train) if mode != "ar" else None
+    drafter = make_drafter(draft, trie, N, cfg.draft_expand, catalog.popularity) if mode != "ar" else None
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
     width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if static else None  # one round shape
     return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,

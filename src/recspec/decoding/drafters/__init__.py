@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import torch
 
 from recspec.data.trie import SIDTrie
 from recspec.decoding.drafters.base import DRAFTERS, Drafter
@@ -12,14 +12,12 @@ from recspec.decoding.drafters.trie_drafter import TrieDrafter, popularity_prior
 TRIE = "trie"  # the name that selects the model-free trie drafter wherever a draft checkpoint is asked for
 
 
-def make_drafter(draft, trie: SIDTrie, N: int, expand: float = 2.0,
-                 histories: Iterable[Iterable[int]] | None = None) -> Drafter:
-    """draft: a draft `Decoder` (drafts by beam search) or "trie" (the trie's children ranked by the
-    popularity of `histories`, no model)."""
+def make_drafter(draft, trie: SIDTrie, N: int, expand: float = 2.0, prior: torch.Tensor | None = None) -> Drafter:
+    """draft: a draft `Decoder` (drafts by beam search) or "trie" (the trie's children ranked by `prior`,
+    e.g. `Catalog.popularity`; no model)."""
     if isinstance(draft, str):
         if draft != TRIE:
             raise ValueError(f"unknown drafter {draft!r}: give a draft model or {TRIE!r}")
-        prior = popularity_prior(trie, histories) if histories is not None else None
         return TrieDrafter(trie, N, None if prior is None else prior.to(trie.next_state.device))
     return DraftModelDrafter(draft, trie, N, expand)
 

@@ -14,6 +14,7 @@ drafter, so a parent the target likes keeps more of its children.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterable
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
 from recspec.decoding.drafters.base import Frontier, Verdict, register
-from recspec.decoding.tree import DraftTree, Layout, gather_rows, pad_rows, stack_levels
+from recspec.decoding.tree import DraftTree, Layout, pad_rows, stack_levels
 from recspec.decoding.verify import gumbel_topk
 
 NEG_INF = float("-inf")
@@ -32,13 +33,15 @@ def popularity_prior(trie: SIDTrie, histories: Iterable[Iterable[int]], smoothin
     """(S,) float32 log P(state | its parent state) from interaction counts, add-`smoothing` per child.
 
     histories: item ids per user (training data). The root (and the end state) get 0."""
-    counts = np.zeros(len(trie.item_sid), dtype=np.float64)
-    for u, h in enumerate(histories):
-        for item in h:
-            if not 0 <= item < len(counts):
-                raise ValueError(f"popularity prior: history {u} holds item {item}, outside the catalogue's "
-                                 f"{len(counts)} items")
-            counts[item] += 1
+    I = len(trie.item_sid)
+    hs = list(histories)
+    ends = np.cumsum(np.fromiter(map(len, hs), dtype=np.int64, count=len(hs)))
+    items = np.fromiter(itertools.chain.from_iterable(hs), dtype=np.int64, count=int(ends[-1]) if len(hs) else 0)
+    bad = np.nonzero((items < 0) | (items >= I))[0]
+    if bad.size:
+        u = int(np.searchsorted(ends, bad[0], side="right"))
+        raise ValueError(f"popularity prior: history {u} holds item {items[bad[0]]}, outside the catalogue's {I} items")
+    counts = np.bincount(items, minlength=I).astype(np.float64)
     trie = trie.to("cpu")
     nxt = trie.next_state.numpy()
     S = nxt.shape[0]
@@ -108,14 +111,15 @@ class TrieDrafter:
         levels = []
         for w in widths:
             child, token = self._children(states)  # (B, P, C)
+            C = child.shape[-1]
             cand = torch.where(child >= 0, scores[..., None] + self.prior[child.clamp(min=0)], NEG_INF)
-            parent, code, score, draws, logq = _select(cand, sample, generator, w, temperature)  # (B, w)
-            tok = gather_rows(token, parent).gather(2, code[..., None])[..., 0]
+            pick, score, draws, logq = _select(cand, sample, generator, w, temperature)  # (B, w) into P * C
+            tok = token.flatten(1).gather(1, pick)
             if logq is not None:
                 logq = pad_rows(_to_vocab(logq, token, V), P)  # (B, P, V)
-            levels.append((tok, parent, torch.isfinite(score), draws, logq))
-            states = torch.where(torch.isfinite(score), gather_rows(child, parent).gather(2, code[..., None])[..., 0],
-                                 torch.full_like(score, self.trie.end_state, dtype=torch.long))
+            levels.append((tok, pick // C, torch.isfinite(score), draws, logq))
+            states = torch.where(torch.isfinite(score), child.flatten(1).gather(1, pick),
+                                 torch.full_like(pick, self.trie.end_state))
             scores = score
         tok, par, val, drw, lq = zip(*levels)
         tok, par, val = (stack_levels(x, N) for x in (tok, par, val))  # (B, d, N)
@@ -138,21 +142,21 @@ class TrieDrafter:
 
 
 def _select(cand: torch.Tensor, sample: bool, generator, n: int, temperature: float):
-    """cand (B, P, C) cumulative scores over children codes -> n nodes: parent, code, score (B, n);
-    draws (B, n) and logq (B, P, C) when sampling (from the scores / temperature)."""
+    """cand (B, P, C) cumulative scores over children codes -> n nodes: flat index parent * C + code and
+    score (B, n); draws (B, n) and logq (B, P, C) when sampling (from the scores / temperature)."""
     B, P, C = cand.shape
     flat = cand.reshape(B, P * C)
     n = min(n, P * C)
     if not sample:
         score, idx = flat.topk(n, dim=1)
-        return idx // C, idx % C, score, None, None
+        return idx, score, None, None
     hot = flat / temperature
     norm = hot.logsumexp(dim=1, keepdim=True)
     logq = torch.where(torch.isfinite(norm), hot - norm, hot)  # finished rows: all -inf
     picks = gumbel_topk(logq, n, generator)  # (B, n) distinct, in the order drawn
     score = flat.gather(1, picks)
     draws = torch.arange(n, device=cand.device).expand(B, -1)  # node i is draw i
-    return picks // C, picks % C, score, draws, logq.reshape(B, P, C)
+    return picks, score, draws, logq.reshape(B, P, C)
 
 
 def _to_vocab(x: torch.Tensor, token: torch.Tensor, V: int) -> torch.Tensor:

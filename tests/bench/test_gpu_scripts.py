@@ -26,7 +26,10 @@ def test_gpu_bench_runs_every_mode_and_writes_rows(shared_datasets, tmp_path):
     modes = {(r["mode"], r["batch"]) for r in doc["rows"]}
     assert modes == {(m, b) for m in ("ar", "spec-strict", "spec-relaxed", "hf") for b in (1, 4)}  # 4: smoke's big batch
     strict = [r for r in doc["rows"] if r["mode"] == "spec-strict"]
-    assert all(r["mismatches"] == 0 for r in strict), strict  # fp32 on the CPU: exact
+    # fp32 on the CPU: exact, up to near-ties of the smoke's 10-second models (nearly flat, so two candidates can
+    # differ by an ulp; the tree pass and the AR pass round differently). Every differing list must be one the
+    # script's fp32 audit re-scores as such a tie.
+    assert all(r["mismatches"] == r.get("mismatches_ties_fp32", 0) for r in strict), strict
     assert {r["drafter"] for r in strict if r["batch"] == 1} == {"trie", "ce"}
     trie = next(r for r in strict if r["batch"] == 1 and r["drafter"] == "trie")
     assert trie["widths"] == "91/24/64/64" and trie["target_calls"] == 2  # level 1 whole, then levels 3-4 whole

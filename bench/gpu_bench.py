@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -46,6 +46,21 @@ DEV = "cuda"  # --cpu-smoke: "cpu", tiny models, eager rounds (checks the script
 
 def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One timed block of the plan: a run_bench call on one batch size and set of Ks."""
+
+    label: str  # names the block in rows and logs (--blocks selects by it)
+    batch: int  # users per call
+    Ks: tuple[int, ...]  # beams
+    users: int  # users timed per (mode, K)
+    hf_users: int  # users for transformers' generate (0: not timed)
+    compiled: bool  # rounds through torch.compile (captured as graphs on the GPU)
+    modes: tuple[str, ...]  # "ar", "spec-strict", "spec-relaxed", "hf"
+    drafts: dict  # drafter name -> draft model or "trie"
+    shape: dict  # BenchConfig tree-shape fields
 
 
 def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, Decoder]:
@@ -163,8 +178,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".data/beauty")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
-    ap.add_argument("--target-time", type=float, default=170)
-    ap.add_argument("--draft-time", type=float, default=40)
+    ap.add_argument("--target-steps", type=int, default=500, help="target optimiser steps (seeded; no clock)")
+    ap.add_argument("--draft-steps", type=int, default=1500, help="draft optimiser steps (seeded; no clock)")
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--users-b64", type=int, default=256)
     ap.add_argument("--big-batch", type=int, default=64, help="users per call of the throughput blocks")
@@ -181,7 +196,7 @@ def main():
     ap.add_argument("--exact-users", type=int, default=100, help="users of the fp32 exactness check")
     ap.add_argument("--relaxed-beams", type=int, default=20, help="draft beams N for relaxed verification at batch 64")
     ap.add_argument("--temperature", type=float, default=1.0, help="relaxed: sampling temperature")
-    ap.add_argument("--budget", type=float, default=540, help="seconds after which the remaining blocks are skipped")
+    ap.add_argument("--blocks", default="", help="comma-separated block labels to run (default: every block)")
     ap.add_argument("--no-compile", action="store_true",
                     help="skip the compiled K=10 batch-1 run (torch.compile'd rounds captured as graphs)")
     ap.add_argument("--tie-tol", type=float, default=0.05, help="bf16 score noise counted as a tie")
@@ -193,20 +208,20 @@ def main():
         DEV = "cpu"
         TARGET = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
         DRAFT = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
-        args.target_time, args.draft_time, args.target_epochs = 10, 5, 1
+        args.target_steps, args.draft_steps, args.target_epochs = 40, 40, 1
         args.users, args.users_b64, args.hf_users, args.exact_users, args.no_compile = 4, 8, 2, 4, True
         args.big_batch = 4
-        args.Ks, args.budget = "10", float("inf")  # the other Ks' blocks run the same code as K=10's
+        args.Ks = "10"  # the other Ks' blocks run the same code as K=10's
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
     cat = open_catalog(args.data)
     test = list(cat.data.test)
     smoke(cat, test)
     tcfg = TrainConfig(epochs=args.target_epochs, batch_size=64, lr=args.lr, warmup_steps=100, eval_users=300,
-                       time_limit_s=args.target_time, optimizer_state=False)  # 25 GB of AdamW state: no disk for it
+                       max_steps=args.target_steps, optimizer_state=False)  # 25 GB of AdamW state: no disk for it
     runs = tempfile.mkdtemp(prefix="recspec-gpu-bench-")  # fresh: a stale run there would be resumed
     target, target32 = train_model(cat, TARGET, os.path.join(runs, "target"), tcfg, 0)
-    dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=300, time_limit_s=args.draft_time)
+    dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=300, max_steps=args.draft_steps)
     draft, draft32 = train_model(cat, DRAFT, os.path.join(runs, "draft"), dcfg, 1)
     shutil.rmtree(runs, ignore_errors=True)  # the models are in memory; a 3B checkpoint fills the device's disk
     from recspec.config import parse_depths
@@ -225,61 +240,56 @@ def main():
     b64 = dict(draft_beams=40, gamma=args.gamma, draft_expand=2.0, depths=(), widths=(), relaxed_beams=args.relaxed_beams)
     both, trie_only, ce_only = {"trie": "trie", "ce": draft}, {"trie": "trie"}, {"ce": draft}
     strict_hf, relaxed = ("ar", "spec-strict", "hf"), ("ar", "spec-relaxed")
-    # (label, batch, Ks, users, hf users, compiled, modes, drafts, shape), most wanted first: the budget may cut the tail
-    blocks = [("b1-K10", 1, (10,), args.users, args.hf_users, False, strict_hf, both, b1),
-              ("b1-K10-compiled", 1, (10,), args.users, args.hf_users, True, ("ar", "spec-strict", "hf"), trie_only, b1),
-              ("b1-K10-relaxed", 1, (10,), args.users, 0, False, relaxed, trie_only, b1),
-              ("b64-K10", args.big_batch, (10,), args.users_b64, 128, False, BenchConfig.modes, both, b64),
-              ("b1", 1, rest, args.users, args.hf_users, False, strict_hf, both, b1),
-              ("b1-relaxed", 1, rest, args.users, 0, False, relaxed, trie_only, b1),
-              ("b64", args.big_batch, rest, args.users_b64, 128, False, BenchConfig.modes, ce_only, b64)]
-    if args.no_compile:
-        blocks = [b for b in blocks if not b[5]]
-    rows, skipped = [], []
+    # the plan, most wanted first; --blocks picks a subset (nothing is skipped by the clock)
+    blocks = [Block("b1-K10", 1, (10,), args.users, args.hf_users, False, strict_hf, both, b1),
+              Block("b1-K10-compiled", 1, (10,), args.users, args.hf_users, True, ("ar", "spec-strict", "hf"), trie_only, b1),
+              Block("b1-K10-relaxed", 1, (10,), args.users, 0, False, relaxed, trie_only, b1),
+              Block("b64-K10", args.big_batch, (10,), args.users_b64, 128, False, BenchConfig.modes, both, b64),
+              Block("b1", 1, rest, args.users, args.hf_users, False, strict_hf, both, b1),
+              Block("b1-relaxed", 1, rest, args.users, 0, False, relaxed, trie_only, b1),
+              Block("b64", args.big_batch, rest, args.users_b64, 128, False, BenchConfig.modes, ce_only, b64)]
+    wanted = set(filter(None, args.blocks.split(",")))
+    unknown = wanted - {b.label for b in blocks}
+    if unknown:
+        raise SystemExit(f"error: --blocks {args.blocks!r}: unknown block(s) {sorted(unknown)}")
+    blocks = [b for b in blocks if b.Ks and (not wanted or b.label in wanted) and not (args.no_compile and b.compiled)]
+    rows = []
     step = floor_ms = float("nan")
     bw = copy_bandwidth()
-    for label, batch, ks, users, hf_users, compiled, modes, drafts, shape in blocks:
-        if not ks:
-            continue
-        if time.time() - t0 > args.budget:
-            skipped.append(label)
-            log("budget spent: skipping", label)
-            continue
-        cfg = BenchConfig(Ks=ks, batches=(batch,), users=users, warmup=3, compile=compiled, modes=modes,
-                          cuda_graphs=DEV == "cuda", hf_users=hf_users, tie_tol=args.tie_tol,
-                          temperature=args.temperature, **shape)
+    for b in blocks:
+        cfg = BenchConfig(Ks=b.Ks, batches=(b.batch,), users=b.users, warmup=3, compile=b.compiled, modes=b.modes,
+                          cuda_graphs=DEV == "cuda", hf_users=b.hf_users, tie_tol=args.tie_tol,
+                          temperature=args.temperature, **b.shape)
         t1 = time.time()
         try:
-            new = run_bench(target, drafts, cat, test, cfg, device=DEV, hf_model=hf, on_row=lambda r: log(r),
+            new = run_bench(target, b.drafts, cat, test, cfg, device=DEV, hf_model=hf, on_row=lambda r: log(r),
                             reference=target32)
         except Exception:  # keep what was measured; say what broke
             traceback.print_exc()
             new = []
         for r in new:
-            r.update(compiled=compiled, block=label)
+            r.update(compiled=b.compiled, block=b.label)
             if r.get("drafter"):
-                r.update(draft_beams=draft_beams(r["mode"], r["K"], cfg), gamma=shape["gamma"], expand=shape["draft_expand"],
-                         depths="/".join(map(str, shape["depths"])), widths="/".join(map(str, shape["widths"])))
+                r.update(draft_beams=draft_beams(r["mode"], r["K"], cfg), gamma=b.shape["gamma"], expand=b.shape["draft_expand"],
+                         depths="/".join(map(str, b.shape["depths"])), widths="/".join(map(str, b.shape["widths"])))
             if r["mode"] == "spec-relaxed":
                 r["temperature"] = args.temperature
         rows += new
-        log(f"block {label}: {time.time() - t1:.0f} s")
-        if label == "b1-K10-compiled" or (args.no_compile and label == "b1-K10"):  # the AR step against its floor
+        log(f"block {b.label}: {time.time() - t1:.0f} s")
+        if b.label == "b1-K10-compiled" or (args.no_compile and b.label == "b1-K10"):  # the AR step against its floor
             floor_ms = tp * 2 / bw * 1e3
-            step = ar_step_ms(target, cat, test, 10, compiled)
+            step = ar_step_ms(target, cat, test, 10, b.compiled)
             for r in rows:
-                if r["block"] == label and r["mode"] == "ar":
+                if r["block"] == b.label and r["mode"] == "ar":
                     r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         write_results(rows, os.path.join(args.out, "gpu_topk_partial.json"), DEV, command="partial", extra={})
-    profile = kernel_profile(target, cat, test, 10, not args.no_compile) if time.time() - t0 < args.budget + 20 else {}
+    profile = kernel_profile(target, cat, test, 10, not args.no_compile)
     log("AR call kernel profile:", json.dumps(profile))
-    exact = {}
-    if time.time() - t0 < args.budget + 20:
-        exact = {name: fp32_exactness(target32, d32, cat, test, 10, args.exact_users, args.N1, args.gamma1, args.expand1,
-                                      depths1, widths1) for name, d32 in (("trie", "trie"), ("ce", draft32))}
-        log("fp32 exactness on the GPU (graph replay, b=1):", exact)
+    exact = {name: fp32_exactness(target32, d32, cat, test, 10, args.exact_users, args.N1, args.gamma1, args.expand1,
+                                  depths1, widths1) for name, d32 in (("trie", "trie"), ("ce", draft32))}
+    log("fp32 exactness on the GPU (graph replay, b=1):", exact)
     extra = {"target_params": tp, "draft_params": dp, "copy_bandwidth_GBps": round(bw / 1e9, 1), "fp32_exactness": exact,
-             "target_shape": TARGET, "draft_shape": DRAFT, "ar_call_profile": profile, "skipped_blocks": skipped,
+             "target_shape": TARGET, "draft_shape": DRAFT, "ar_call_profile": profile, "blocks": [b.label for b in blocks],
              "seconds": round(time.time() - t0, 1)}
     path = write_results(rows, os.path.join(args.out, "gpu_topk.json"), DEV,
                          command="PYTHONPATH=src python3 " + " ".join(sys.argv), extra=extra)

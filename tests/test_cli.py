@@ -151,9 +151,9 @@ def test_recommend_with_a_depth_schedule_equals_plain_beam_search(toy, make_deco
     lists = lambda out: [[r["items"] for r in json.loads(line)["recommendations"]] for line in out.splitlines()]  # noqa: E731
     assert lists(spec.output) == lists(plain.output) == lists(capped.output) and len(lists(plain.output)) == 3
     bad = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--depths", "1,x"], input=histories)
-    assert bad.exit_code != 0 and "'x' is not a depth" in bad.output
+    assert bad.exit_code != 0 and "'x' is not a depth" in str(bad.exception)
     bad = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--widths", "4,-1"], input=histories)
-    assert bad.exit_code != 0 and "'-1' is not a width" in bad.output
+    assert bad.exit_code != 0 and "'-1' is not a width" in str(bad.exception)
 
 
 def test_recommend_with_the_trie_drafter_equals_plain_beam_search(toy):
@@ -184,3 +184,67 @@ def test_recommend_with_the_trie_drafter_equals_plain_beam_search(toy):
     assert ar["target_calls"] == L + 1 and spec["target_calls"] == 1
     metrics = {k: v for k, v in ar.items() if "@" in k}
     assert len(metrics) >= 2 and {k: v for k, v in spec.items() if "@" in k} == metrics
+
+
+def _bad_input_cases(toy) -> list[tuple[list[str], str, str]]:
+    """(argv, stdin, words the one-line error must hold) for every bad input the CLI must refuse."""
+    data, target = str(toy / "data"), str(toy / "target")
+    ev = ["eval", data, "--model", target, "--users", "2"]
+    rec = ["recommend", data, "--model", target]
+    bench = ["bench", data, "--target", target, "--users", "2", "--batch", "1"]
+    hist = '{"history": [1, 2]}\n'
+    return [
+        (ev + ["--K", "0"], "", "'--K': must be >= 1, got 0"),
+        (ev + ["--K", "-1"], "", "'--K': must be >= 1, got -1"),
+        (ev + ["--K", str(NUM_ITEMS + 1)], "", f"--K {NUM_ITEMS + 1}: above the {NUM_ITEMS} distinct items"),
+        (rec + ["--K", "0"], hist, "'--K': must be >= 1, got 0"),
+        (rec + ["--K", str(NUM_ITEMS + 1)], hist, f"--K {NUM_ITEMS + 1}: above the {NUM_ITEMS} distinct items"),
+        (bench + ["--K", "0", "--modes", "ar"], "", "'--K': must be >= 1, got 0"),
+        (bench + ["--K", str(NUM_ITEMS + 1), "--modes", "ar"], "", f"--K {NUM_ITEMS + 1}: above"),
+        (rec + ["--verify", "bogus", "--draft", "trie"], hist, "'--verify': 'bogus' is not one of strict, relaxed"),
+        (ev + ["--verify", "bogus"], "", "'--verify': 'bogus' is not one of strict, relaxed"),
+        (rec + ["--draft", "trie", "--widths", "0,1"], hist, "--widths '0,1': 0 is not a width"),
+        (bench + ["--K", "2", "--modes", "ar,bogus"], "", "--modes 'ar,bogus': 'bogus' is not one of"),
+        (bench + ["--K", "2", "--modes", "ar,spec-strict"], "", "spec-strict needs --draft"),
+        (ev + ["--split", "bogus"], "", "'--split': 'bogus' is not one of test, valid"),
+        (rec + ["--verify", "relaxed"], hist, "--verify relaxed: needs --draft"),
+        (ev + ["--verify", "relaxed"], "", "--verify relaxed: needs --draft"),
+        (rec, '{"history": [1, 10.7]}\n', "-:1: history[1] = 10.7 is not an item id"),
+        (rec, '{"history": [1, true]}\n', "-:1: history[1] = true is not an item id"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(toy, tmp_path, monkeypatch, capsys):
+    import io
+
+    monkeypatch.chdir(tmp_path)  # bench's default --out is under runs/ here
+    before = sorted(p.relative_to(toy) for p in toy.rglob("*"))
+    for argv, stdin, words in _bad_input_cases(toy):
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv + ["--threads", "1"] if argv[0] == "bench" else argv)
+        out = capsys.readouterr()
+        err = out.err.strip()
+        assert e.value.code == 2, (argv, err)
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, (argv, err)
+        assert out.out == "", (argv, out.out)
+        assert list(tmp_path.iterdir()) == [], (argv, list(tmp_path.iterdir()))
+    assert sorted(p.relative_to(toy) for p in toy.rglob("*")) == before  # nothing written beside the data either
+
+
+def test_bench_writes_under_runs_and_its_table_fits_80_columns(toy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie",
+                                       "--K", "2", "--K", "3", "--batch", "1", "--users", "3", "--warmup", "1",
+                                       "--draft-beams", "4", "--modes", "ar,spec-strict,spec-relaxed", "--threads", "1"],
+                             env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["runs/bench/topk.json", "runs/bench/topk.png"]
+    rows = json.loads((tmp_path / "runs/bench/topk.json").read_text())["rows"]
+    table = res.stdout.splitlines()
+    assert len(rows) == 6 and max(len(line) for line in table) <= 80
+    header = table[0].split()
+    assert header[:4] == ["drafter", "mode", "K", "b"] and "R@K" in header
+    for r, line in zip(rows, table[1:]):  # one line per row, in order, holding its numbers
+        assert f"{r['median_ms']:.2f}" in line and f"{r['recall@' + str(r['K'])]:.4f}" in line

@@ -21,6 +21,61 @@ app.add_typer(distill_app, name="distill")
 DATA = typer.Argument(..., help="data folder (sequential txt, LC-Rec json or RecBole atomic) or 'ml-100k'")
 INDEX_DIR = typer.Option(None, "--index-dir", help="where built SIDs are kept (catalogues without an index)")
 
+VERIFY_RULES = ("strict", "relaxed")
+BENCH_MODES = ("ar", "spec-strict", "spec-relaxed", "hf")
+SPLITS = ("test", "valid")
+
+
+def _positive(value):
+    """typer callback: every value (an int or a list of ints) must be >= 1."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if v < 1:
+            raise typer.BadParameter(f"must be >= 1, got {v}")
+    return value
+
+
+def _one_of(*choices: str):
+    """typer callback factory: the value must be one of `choices`."""
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _check_K(K: int | list[int], catalog) -> None:
+    """K must fit the catalogue: at most one list entry per distinct item."""
+    n = catalog.trie.num_sids
+    for k in K if isinstance(K, (list, tuple)) else [K]:
+        if k > n:
+            raise RecSpecError(f"--K {k}: above the {n} distinct items of {catalog.data.name}")
+
+
+def _check_draft(verify: str, draft: Optional[str]) -> None:
+    if verify == "relaxed" and not draft:
+        raise RecSpecError("--verify relaxed: needs --draft (a draft checkpoint or 'trie'); without a draft there is "
+                           "nothing to verify")
+
+
+def _bench_modes(text: str, drafts: list[str]) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in BENCH_MODES]
+    if bad or not modes:
+        raise RecSpecError(f"--modes {text!r}: {bad[0] if bad else 'empty'!r} is not one of {', '.join(BENCH_MODES)}")
+    spec = [m for m in modes if m.startswith("spec-")]
+    if spec and not drafts:
+        raise RecSpecError(f"--modes {text!r}: {spec[0]} needs --draft (a draft checkpoint or 'trie')")
+    return modes
+
+
+def _model_index_dir(model: str) -> str:
+    """Where a checkpoint's built SIDs are: the first of its run folders (parent, grandparent) holding an index."""
+    folder = os.path.dirname(os.path.normpath(model))
+    for candidate in (folder, os.path.dirname(folder)):
+        if candidate and os.path.isfile(os.path.join(candidate, "index.json")):
+            return candidate
+    return folder
+
 
 def _console():
     from rich.console import Console
@@ -78,8 +133,9 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
                       max_steps=max_steps, time_limit_s=time_limit_s, threads=threads, seed=seed)
     torch.manual_seed(seed)
     model = Decoder(model_config(cat, size)).to(device)
-    log = lambda r: _console().log(r) if r.get("event") == "eval" else None  # noqa: E731
-    res = run_train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, role=role, on_log=log)
+    evals: list[dict] = []
+    res = run_train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, role=role, on_log=_collect(evals))
+    _print_evals(evals)
     print(json.dumps({"checkpoint": res.checkpoint, "steps": res.steps, "best_valid_recall@10": res.best_recall10,
                       "stop_reason": res.stop_reason, "seconds": round(res.seconds, 1)}))
 
@@ -95,15 +151,18 @@ def parse_depths(text: str, what: str = "depths") -> tuple[int, ...]:
     from recspec.config import parse_depths as parse
 
     try:
-        return parse(text, what=what)
+        out = parse(text, what=what)
     except ValueError as e:
-        raise typer.BadParameter(f"--{e}") from None
+        raise RecSpecError(f"--{e}") from None
+    if what == "widths" and any(w < 1 for w in out):
+        raise RecSpecError(f"--widths {text!r}: 0 is not a width (a tree level holds at least one node)")
+    return out
 
 
 def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, depths="", widths="",
                 temperature=1.0) -> DecodeConfig:
     if not temperature > 0:
-        raise typer.BadParameter(f"--temperature must be > 0, got {temperature}")
+        raise RecSpecError(f"--temperature {temperature}: must be > 0")
     return DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
                         draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
                         temperature=temperature)
@@ -112,16 +171,20 @@ def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, dep
 @app.command("eval")
 def evaluate(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
              draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
-             split: str = typer.Option("test", help="test or valid"), K: int = typer.Option(20, "--K"),
-             verify: str = "strict", draft_beams: int = 40, gamma: int = 3, expand: float = EXPAND,
+             split: str = typer.Option("test", help="test or valid", callback=_one_of(*SPLITS)),
+             K: int = typer.Option(20, "--K", callback=_positive),
+             verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
+             draft_beams: int = 40, gamma: int = 3, expand: float = EXPAND,
              depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
              popularity: bool = typer.Option(True, help="also score the popularity baseline")):
     """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
-                           index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
+    _check_draft(verify, draft)
+    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature)
+    rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
+    _check_K(K, rec.catalog)
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
     out = {"recspec": rec.evaluate(examples, K=K)}
     if popularity:
@@ -133,16 +196,19 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
 def recommend(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
               input: str = typer.Option("-", "--input", help="JSON lines {\"history\": [item ids]} ('-': stdin)"),
               draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
-              verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)"),
+              verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
               draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
-              expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
+              expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
+              K: int = typer.Option(10, "--K", callback=_positive), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
               seed: int = 0, device: str = "cpu"):
     """Histories in, top-K items (with titles where known) out, as JSON lines."""
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
-                           index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
+    _check_draft(verify, draft)
+    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature)
     histories = _read_histories(input)
+    rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
+    _check_K(K, rec.catalog)
     res, _ = rec.recommend(histories, K)
     titles = rec.catalog.data.titles
     for h, sids, scores in zip(histories, res.sids.tolist(), res.scores.tolist()):
@@ -150,6 +216,13 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
                  "titles": [titles[i] for i in rec.items_of(s) if i in titles], "score": round(sc, 5)}
                 for s, sc in zip(sids, scores) if s >= 0]
         print(json.dumps({"history": h, "recommendations": recs}))
+
+
+def _item_id(x, path: str, line: int, j: int) -> int:
+    """One history entry: an integer id (a JSON number without a fraction, or a string of digits)."""
+    if isinstance(x, bool) or not isinstance(x, (int, str)) or (isinstance(x, str) and not x.strip().isdigit()):
+        raise RecSpecError(f"{path}:{line}: history[{j}] = {json.dumps(x)} is not an item id (an integer)")
+    return int(x)
 
 
 def _read_histories(path: str) -> list[list[int]]:
@@ -161,23 +234,25 @@ def _read_histories(path: str) -> list[list[int]]:
         try:
             obj = json.loads(line)
             hist = obj["history"] if isinstance(obj, dict) else obj
-            out.append([int(x) for x in hist])
+            if not isinstance(hist, list):
+                raise TypeError(f"history is a {type(hist).__name__}, not a list")
         except (ValueError, KeyError, TypeError) as e:
             raise RecSpecError(f"{path}:{n}: expected {{\"history\": [item ids]}} ({type(e).__name__}: {e})") from None
+        out.append([_item_id(x, path, n, j) for j, x in enumerate(hist)])
     if not out:
         raise RecSpecError(f"{path}: no histories given")
     return out
 
 
 @app.command()
-def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 8,
-         time_limit_s: float = typer.Option(480.0, help="training time cap"), size: str = "demo"):
+def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = typer.Option(4, callback=_positive),
+         max_steps: int = typer.Option(0, help="stop training after this many steps (0: all epochs)"), size: str = "demo"):
     """The main job: SIDs for MovieLens-100K, a small target trained on the CPU, evaluation vs popularity."""
     from rich.table import Table
 
     from recspec.demo import DemoConfig, run_demo
 
-    report = run_demo(DemoConfig(out=out, epochs=epochs, time_limit_s=time_limit_s, size=size))
+    report = run_demo(DemoConfig(out=out, epochs=epochs, max_steps=max_steps, size=size))
     table = Table(title=f"MovieLens-100K test users ({report['users_test']}), leave-one-out")
     table.add_column("model")
     ks = (5, 10, 20)
@@ -196,10 +271,13 @@ def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 
 def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpoint"),
           draft: list[str] = typer.Option([], help="draft checkpoint, or NAME=CHECKPOINT ('trie': the model-free trie "
                                                   "drafter); repeat to time several drafts against one AR run (rows carry drafter NAME)"),
-          K: list[int] = typer.Option([1, 5, 10, 20], "--K"), batch: list[int] = typer.Option([1, 32], "--batch"),
+          K: list[int] = typer.Option([1, 5, 10, 20], "--K", callback=_positive),
+          batch: list[int] = typer.Option([1, 32], "--batch", callback=_positive),
           users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
           expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
-          modes: str = "ar,spec-strict,spec-relaxed,hf", split: str = "test", out: str = "bench/results/topk.json",
+          modes: str = typer.Option("ar,spec-strict,spec-relaxed,hf", help=f"comma-separated, of {', '.join(BENCH_MODES)}"),
+          split: str = typer.Option("test", help="test or valid", callback=_one_of(*SPLITS)),
+          out: str = typer.Option("runs/bench/topk.json", help="results JSON (a PNG is written beside it)"),
           threads: int = 0, device: str = "cpu", cuda_graphs: bool = False,
           compile: bool = typer.Option(False, help="rounds through torch.compile (fixed shapes; captured with --cuda-graphs)"),
           seed: int = 0,
@@ -216,7 +294,12 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
     if threads:
         torch.set_num_threads(threads)
     named = _named_drafts(draft)
-    rec = Recommender.load(data, target, None, index_dir=index_dir or os.path.dirname(os.path.normpath(target)), device=device)
+    mode_list = _bench_modes(modes, draft)
+    shape = dict(depths=parse_depths(depths), widths=parse_depths(widths, "widths"))
+    if not temperature > 0:
+        raise RecSpecError(f"--temperature {temperature}: must be > 0")
+    rec = Recommender.load(data, target, None, index_dir=index_dir or _model_index_dir(target), device=device)
+    _check_K(K, rec.catalog)
     drafts = {}
     for name, path in named.items():
         if path == TRIE:  # the model-free trie drafter
@@ -225,8 +308,8 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         drafts[name], meta = load_checkpoint(path, device=device)
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
-                      gamma=gamma, draft_expand=expand, depths=parse_depths(depths),
-                      widths=parse_depths(widths, "widths"), temperature=temperature, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
+                      gamma=gamma, draft_expand=expand, **shape, temperature=temperature, modes=mode_list,
+                      cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
     hf_model = None
     if "hf" in cfg.modes:
         try:
@@ -236,8 +319,12 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         except ImportError:
             _console().log("transformers is not installed: skipping the hf mode")
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)
-    rows = run_bench(rec.target, drafts or None, rec.catalog, examples, cfg, device=device, hf_model=hf_model,
-                     on_row=lambda r: _console().log(r))
+    from tqdm import tqdm
+
+    per_group = sum(1 if m in ("ar", "hf") else len(drafts) for m in cfg.modes if m != "hf" or hf_model is not None)
+    with tqdm(total=len(cfg.Ks) * len(cfg.batches) * per_group, desc="bench", unit="row") as bar:
+        rows = run_bench(rec.target, drafts or None, rec.catalog, examples, cfg, device=device, hf_model=hf_model,
+                         on_row=lambda r: bar.update())
     path = write_results(rows, out, device)
     png = plot_acceptance(path) if len(drafts) > 1 else plot_results(path)
     _print_rows(rows)
@@ -263,20 +350,9 @@ def _named_drafts(specs: list[str]) -> dict[str, str]:
 
 
 def _print_rows(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from recspec.evaluation.report import format_rows
 
-    table = Table()
-    cols = ["drafter", "mode", "K", "batch", "median_ms", "speedup_vs_ar", "speedup_vs_hf", "accepted_levels", "target_calls", "mismatches"]
-    cols = [c for c in cols if any(c in r for r in rows)]  # e.g. no hf column where hf was not run
-    for c in cols:
-        table.add_column(c)
-    table.add_column("recall / ndcg @K")
-    for r in rows:
-        k = r["K"]
-        q = "%.4f / %.4f" % (r.get(f"recall@{k}", 0.0), r.get(f"ndcg@{k}", 0.0))
-        table.add_row(*[str(r.get(c, "")) for c in cols], q)
-    Console().print(table)
+    print("\n".join(format_rows(rows)))
 
 
 # --- distill ---------------------------------------------------------------------------------------
@@ -306,9 +382,15 @@ def _catalog_and_target(data: str, target: str, index_dir: Optional[str], device
     return cat, model
 
 
-def _distill_log(r: dict) -> None:
-    if r.get("event") in ("eval", "best"):
-        _console().log(r)
+def _collect(events: list[dict]):
+    """on_log callback keeping validation events (the progress bar shows the rest)."""
+    return lambda r: events.append(r) if r.get("event") == "eval" else None
+
+
+def _print_evals(events: list[dict]) -> None:
+    from recspec.evaluation.report import format_evals
+
+    print("\n".join(format_evals(events)), file=sys.stderr)
 
 
 @distill_app.command("teacher")
@@ -368,7 +450,9 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
     td = _open_teacher(teacher, tgt, cat)
     torch.manual_seed(seed)
     draft = Decoder(_checked(model_config, cat, size)).to(device)
-    res = distill(draft, tgt, td, cat, cfg, out, on_log=_distill_log)
+    evals: list[dict] = []
+    res = distill(draft, tgt, td, cat, cfg, out, on_log=_collect(evals))
+    _print_evals(evals)
     print(json.dumps(_json_safe(dataclasses.asdict(res))))
 
 
@@ -386,12 +470,13 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 @distill_app.command("experiment")
 def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TEACHER,
                        out_dir: str = typer.Option(..., help="one run folder per objective (reused when finished)"),
-                       results: Optional[str] = typer.Option(None, help="results json (default bench/results/distill_<data>.json)"),
+                       results: Optional[str] = typer.Option(None, help="results json (default runs/distill/distill_<data>.json)"),
                        objectives: str = "ce,wordkd,tvd,seqkd,atspeed-s,atspeed-r",
                        size: str = typer.Option("draft", help="draft model preset"), epochs: int = 10, lr: float = 1e-3,
                        batch_size: int = typer.Option(64, help="teacher examples per step"), alpha: float = 0.7,
                        warmup_steps: int = 100, eval_every: int = 0,
                        time_limit_s: float = typer.Option(0.0, help="training time cap per draft (0: none)"),
+                       max_steps: int = typer.Option(0, help="optimiser steps per draft (0: all epochs)"),
                        eval_users: int = 200, K: str = typer.Option("1,5,10,20", "--K", help="target beams, timed"),
                        users: int = typer.Option(200, help="test users timed per (mode, K)"),
                        batch: str = typer.Option("1", help="users per call, timed"), draft_beams: int = 40,
@@ -411,15 +496,15 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
         _checked(DistillConfig, objective=name)
     dcfg = _checked(DistillConfig, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                     eval_every=eval_every, eval_users=eval_users, draft_beams=draft_beams, gamma=gamma, seed=seed,
-                    time_limit_s=time_limit_s, threads=threads)
+                    time_limit_s=time_limit_s, max_steps=max_steps, threads=threads)
     bcfg = BenchConfig(Ks=_ints(K, "--K"), batches=_ints(batch, "--batch"), users=users, warmup=warmup,
                        draft_beams=draft_beams, gamma=gamma, modes=("ar", "spec-strict", "spec-relaxed"), seed=seed)
     cfg = ExperimentConfig(objectives=names, size=size, distill=dcfg, bench=bcfg)
     cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
     _checked(model_config, cat, size)  # an unknown size fails now, not after the teacher checks
     td = _open_teacher(teacher, tgt, cat)
-    rows, trained = run_experiment(tgt, td, cat, cfg, out_dir, on_log=_distill_log)
-    path = write_results(rows, results or f"bench/results/distill_{cat.data.name}.json", device,
+    rows, trained = run_experiment(tgt, td, cat, cfg, out_dir)
+    path = write_results(rows, results or f"runs/distill/distill_{cat.data.name}.json", device,
                          extra={"experiment": to_dict(cfg),
                                 "drafts": {n: _json_safe(dataclasses.asdict(r)) for n, r in trained.items()}})
     png = plot_acceptance(path)
@@ -427,12 +512,38 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
     print(f"results: {path}  plot: {png}")
 
 
-def main() -> None:
+def _usage_errors() -> tuple[type, ...]:
+    """The exception classes typer raises for bad flags (its vendored click, or click itself)."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message held
+    raise SystemExit(2)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """The `recspec` entry point: a bad flag or bad input is one line on stderr and exit code 2."""
     try:
-        app()
+        code = app(args=argv, standalone_mode=False, prog_name="recspec")
     except RecSpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(str(e))
+    except _usage_errors() as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `recspec` alone: the help, as typer shows it
+            print(e.format_message())
+            raise SystemExit(0)
+        _fail(e.format_message())
+    else:
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ class DemoConfig:
     data: str = "ml-100k"  # data spec: a folder or 'ml-100k'
     out: str = "runs/demo"  # run folder (index, checkpoints, report)
     size: str = "demo"  # model preset
-    epochs: int = 8  # training passes
-    time_limit_s: float = 480.0  # training stops (and checkpoints) after this long
+    epochs: int = 4  # training passes (the cosine schedule ends with the last)
+    max_steps: int = 0  # stop after this many optimiser steps (0: all epochs); never a clock
     window_stride: int = 20  # items between training windows (each item is a target once)
     batch_size: int = 32  # sequences per step
     lr: float = 3e-3  # peak learning rate
@@ -43,7 +43,7 @@ def run_demo(cfg: DemoConfig, on_log=None, progress: bool = True) -> dict:
     cat = open_catalog(cfg.data, index_dir=cfg.out, build=SIDBuild(levels=3, codebook_size=16))
     torch.manual_seed(cfg.seed)
     model = Decoder(model_config(cat, cfg.size))
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, time_limit_s=cfg.time_limit_s,
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.max_steps,
                        seed=cfg.seed, eval_users=300, warmup_steps=50, window_stride=cfg.window_stride)
     result = train(model, cat.data, cat.index, cat.vocab, cat.trie, tcfg, os.path.join(cfg.out, "target"),
                    on_log=on_log, progress=progress)

@@ -107,11 +107,17 @@ def test_lr_schedule():
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
+def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path, monkeypatch):
+    """A time limit ends the run at a step boundary with a resumable checkpoint. The clock is a fake that
+    advances one second per reading, so where the run stops does not depend on this machine's speed."""
+    from recspec.training.loop import TrainLoop
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(TrainLoop, "clock", staticmethod(lambda: float(next(ticks))))
     data, index, vocab, trie = toy_catalogue(users=20)
-    res = train(tiny_model(vocab), data, index, vocab, trie, TrainConfig(**{**CFG.__dict__, "time_limit_s": 1e-9}),
+    res = train(tiny_model(vocab), data, index, vocab, trie, TrainConfig(**{**CFG.__dict__, "time_limit_s": 3.0}),
                 tmp_path, progress=False)
-    assert res.stop_reason == "time_limit" and res.steps <= 1  # the clock starts before the windows are built
+    assert res.stop_reason == "time_limit" and 1 <= res.steps < 3  # each step reads the clock at least once
     assert res.checkpoint == str(tmp_path / "last") and math.isnan(res.best_recall10)
     _, meta = load_checkpoint(tmp_path / "last")
     assert meta.extra["train"]["state"]["step"] == res.steps

@@ -36,6 +36,61 @@ def write_results(rows: list[dict], path: str, device, command: str | None = Non
     return path
 
 
+def _at_K(row: dict, metric: str) -> str:
+    value = row.get(f"{metric}@{row['K']}")
+    return "" if value is None else f"{value:.4f}"
+
+
+# (header, width, row -> text) of the terminal table; the JSON rows keep every key
+_MODE_SHORT = {"spec-strict": "strict", "spec-relaxed": "relaxed"}
+_COLUMNS = (
+    ("drafter", 9, lambda r: str(r.get("drafter") or "")[:9]),
+    ("mode", 7, lambda r: _MODE_SHORT.get(r["mode"], r["mode"])[:7]),
+    ("K", 3, lambda r: str(r["K"])),
+    ("b", 3, lambda r: str(r["batch"])),
+    ("ms", 8, lambda r: f"{r['median_ms']:.2f}"),
+    ("xAR", 5, lambda r: f"{r['speedup_vs_ar']:.2f}" if "speedup_vs_ar" in r else ""),
+    ("xHF", 5, lambda r: f"{r['speedup_vs_hf']:.2f}" if "speedup_vs_hf" in r else ""),
+    ("calls", 5, lambda r: f"{r['target_calls']:.2f}" if "target_calls" in r else ""),
+    ("mis", 4, lambda r: str(r["mismatches"]) if "mismatches" in r else ""),
+    ("R@K", 6, lambda r: _at_K(r, "recall")),
+    ("N@K", 6, lambda r: _at_K(r, "ndcg")),
+)
+TABLE_LEGEND = ("ms: median per call; xAR, xHF: speedup over our AR beam search / transformers' generate, same run; "
+                "calls: target calls per user; mis: lists differing from AR's; R@K, N@K: Recall and NDCG at K")
+
+
+def format_rows(rows: list[dict], width: int = 80) -> list[str]:
+    """Benchmark rows as a plain table of at most `width` columns (header, one line per row, a legend)."""
+    cols = [c for c in _COLUMNS if any(c[2](r) for r in rows)]  # e.g. no xHF where hf was not timed
+
+    def line(cells: list[str]) -> str:  # text columns left-aligned, numbers right-aligned
+        return " ".join(t.ljust(w) if name in ("drafter", "mode") else t.rjust(w)
+                        for (name, w, _), t in zip(cols, cells)).rstrip()
+
+    out = [line([c[0] for c in cols])] + [line([c[2](r) for c in cols]) for r in rows]
+    return [x[:width] for x in out] + _wrap(TABLE_LEGEND, width)
+
+
+def format_evals(events: list[dict], width: int = 80) -> list[str]:
+    """Validation events of a training run ({"step", "epoch", metric...}) as a plain table, best marked."""
+    keys = [k for k in ("recall@10", "ndcg@10", "accepted_levels", "target_calls") if any(k in e for e in events)]
+    if not events or not keys:
+        return ["(no validation)"]
+    best = max(range(len(events)), key=lambda i: events[i].get(keys[0], float("-inf")))
+    out = [f"{'step':>7} {'epoch':>5} " + " ".join(f"{k:>15}" for k in keys)]
+    for i, e in enumerate(events):
+        vals = " ".join(f"{e[k]:>15.4f}" if k in e else " " * 15 for k in keys)
+        out.append(f"{e['step']:>7} {e.get('epoch', 0):>5} {vals}" + ("  best" if i == best else ""))
+    return [x[:width] for x in out]
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
+
+
 def plot_results(path: str, png: str | None = None) -> str:
     """Speedup over AR vs K (one line per mode and batch) and the acceptance histogram."""
     import matplotlib

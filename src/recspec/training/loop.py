@@ -145,6 +145,9 @@ class TrainLoop:
     """One run's model, optimiser, state and files. Subclasses fill in the three hooks."""
 
     metric = "recall@10"  # key of `evaluate`'s dict kept in state.best (higher is better)
+    # seconds, for cfg.time_limit_s and throughput only; what a run learns never depends on it unless a time
+    # limit is set (tests replace it with a fake clock)
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
 
     def __init__(self, model: Decoder, cfg, out_dir: str, info: RunInfo, per_epoch: int,
                  on_log: Callable[[dict], None]):
@@ -154,7 +157,7 @@ class TrainLoop:
         self.total = cfg.epochs * per_epoch
         self.opt = make_optimizer(model, cfg)
         self.state = TrainState()
-        self.t0 = time.perf_counter()
+        self.t0 = self.clock()
         self.train_s, self.tokens = 0.0, 0
         self.saved_step = -1  # step of the newest out_dir/last
 
@@ -244,7 +247,7 @@ class TrainLoop:
     # --- the loop ---------------------------------------------------------------------------------
     def step(self, batch) -> torch.Tensor:
         """One optimiser step -> the batch loss (scalar tensor, no host sync)."""
-        t = time.perf_counter()
+        t = self.clock()
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.state.step, self.total, self.cfg)
         loss, tokens = self.loss(batch)
@@ -255,7 +258,7 @@ class TrainLoop:
         self.opt.step()
         self.state.step += 1
         self.tokens += tokens
-        self.train_s += time.perf_counter() - t  # exact on the CPU; on a GPU it lags by the queued work
+        self.train_s += self.clock() - t  # exact on the CPU; on a GPU it lags by the queued work
         return loss.detach()
 
     def stop_reason(self) -> str | None:
@@ -263,7 +266,7 @@ class TrainLoop:
             return "done"
         if self.cfg.max_steps and self.state.step >= self.cfg.max_steps:
             return "max_steps"
-        if self.cfg.time_limit_s and time.perf_counter() - self.t0 >= self.cfg.time_limit_s:
+        if self.cfg.time_limit_s and self.clock() - self.t0 >= self.cfg.time_limit_s:
             return "time_limit"
         return None
 

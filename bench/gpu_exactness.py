@@ -43,10 +43,10 @@ def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
-def trained(cat, shape, out, seconds, seed) -> Decoder:
+def trained(cat, shape, out, steps, seed) -> Decoder:
     torch.manual_seed(seed)
     model = Decoder(ModelConfig(vocab_size=cat.vocab.size, max_positions=256, **shape)).to("cuda")
-    cfg = TrainConfig(epochs=20, batch_size=128, lr=2e-3, warmup_steps=50, eval_users=200, time_limit_s=seconds)
+    cfg = TrainConfig(epochs=20, batch_size=128, lr=2e-3, warmup_steps=50, eval_users=200, max_steps=steps)
     res = train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, progress=False)
     log("trained", out, res.steps, "steps", round(res.best_recall10, 4))
     return load_checkpoint(res.checkpoint, device="cuda")[0].eval().fuse_for_inference()
@@ -82,13 +82,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".data/beauty")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
-    ap.add_argument("--target-time", type=float, default=45)
-    ap.add_argument("--draft-time", type=float, default=15)
+    ap.add_argument("--target-steps", type=int, default=600, help="seeded optimiser steps (no clock)")
+    ap.add_argument("--draft-steps", type=int, default=600)
     args = ap.parse_args()
     cat = open_catalog(args.data)
     test = list(cat.data.test)
-    target = trained(cat, TARGET, "/tmp/rx/target", args.target_time, 0)
-    draft = trained(cat, DRAFT, "/tmp/rx/draft", args.draft_time, 1)
+    target = trained(cat, TARGET, "/tmp/rx/target", args.target_steps, 0)
+    draft = trained(cat, DRAFT, "/tmp/rx/draft", args.draft_steps, 1)
     rows = []
     for label, K, batch, users, over in CASES:
         with true_fp32():

@@ -42,7 +42,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".data/beauty")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
-    ap.add_argument("--small-time", type=float, default=100)
+    ap.add_argument("--small-steps", type=int, default=2000, help="seeded optimiser steps (no clock)")
     args = ap.parse_args()
     cat = open_catalog(args.data)
     test = list(cat.data.test)
@@ -50,7 +50,7 @@ def main():
     # 1. fp32 'small' target for the CPU benchmark
     torch.manual_seed(0)
     m = Decoder(ModelConfig(vocab_size=cat.vocab.size, **MODEL_PRESETS["small"])).cuda()
-    cfg = TrainConfig(epochs=10, batch_size=64, lr=2e-3, eval_users=500, time_limit_s=args.small_time)
+    cfg = TrainConfig(epochs=10, batch_size=64, lr=2e-3, eval_users=500, max_steps=args.small_steps)
     res = train(m, cat.data, cat.index, cat.vocab, cat.trie, cfg, "/tmp/rp/small", progress=False,
                 on_log=lambda r: log(r) if r.get("event") == "eval" else None)
     log("small", res)
@@ -60,7 +60,7 @@ def main():
     # 2. autocast: train a demo-size model under bf16 autocast; evaluate in memory and reloaded
     torch.manual_seed(0)
     m = Decoder(ModelConfig(vocab_size=cat.vocab.size, **MODEL_PRESETS["demo"])).cuda()
-    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, eval_users=500, time_limit_s=40)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, eval_users=500, max_steps=800)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         res = train(m, cat.data, cat.index, cat.vocab, cat.trie, cfg, "/tmp/rp/ac", progress=False,
                     on_log=lambda r: log(r) if r.get("event") == "eval" else None)

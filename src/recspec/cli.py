@@ -376,7 +376,7 @@ def _catalog_and_target(data: str, target: str, index_dir: Optional[str], device
 
     if threads:
         torch.set_num_threads(threads)
-    cat = open_catalog(data, index_dir=index_dir or os.path.dirname(os.path.normpath(target)))
+    cat = open_catalog(data, index_dir=index_dir or _model_index_dir(target))
     model, meta = load_checkpoint(target, device=device)
     check_fits(meta, cat.vocab, cat.index.fingerprint(), target)
     return cat, model

@@ -26,7 +26,7 @@ def test_gpu_bench_runs_every_mode_and_writes_rows(shared_datasets, tmp_path):
     modes = {(r["mode"], r["batch"]) for r in doc["rows"]}
     assert modes == {(m, b) for m in ("ar", "spec-strict", "spec-relaxed", "hf") for b in (1, 4)}  # 4: smoke's big batch
     strict = [r for r in doc["rows"] if r["mode"] == "spec-strict"]
-    # fp32 on the CPU: exact, up to near-ties of the smoke's 10-second models (nearly flat, so two candidates can
+    # fp32 on the CPU: exact, up to near-ties of the smoke's 40-step models (nearly flat, so two candidates can
     # differ by an ulp; the tree pass and the AR pass round differently). Every differing list must be one the
     # script's fp32 audit re-scores as such a tie.
     assert all(r["mismatches"] == r.get("mismatches_ties_fp32", 0) for r in strict), strict
@@ -34,8 +34,9 @@ def test_gpu_bench_runs_every_mode_and_writes_rows(shared_datasets, tmp_path):
     # what the smoke's models learn decides how many deep-level children their beams have, so the call count is not
     # asserted exactly here (test_trie_drafter builds the cases where a whole tree is accepted by construction);
     # a batch-1 tree holds every level-1 code, so the first call always accepts level 1: fewer calls than AR
-    for r in strict:
-        assert r["target_calls"] < 5, r  # AR: 4 code levels + <eos>
+    ar_calls = {r["batch"]: r["target_calls"] for r in doc["rows"] if r["mode"] == "ar"}
+    for r in (r for r in strict if r["batch"] == 1):
+        assert r["target_calls"] < ar_calls[1], (r, ar_calls)
     assert set(doc["fp32_exactness"]) == {"trie", "ce"}
     assert all(v["mismatches"] == 0 for v in doc["fp32_exactness"].values())
 

@@ -137,3 +137,15 @@ def test_weights_only_checkpoints_keep_no_optimiser_and_refuse_to_resume(tmp_pat
     with pytest.raises(CheckpointError, match="without optimiser state"):
         train(tiny_model(vocab), data, index, vocab, trie, TrainConfig(**{**cfg.__dict__, "max_steps": 4}),
               tmp_path, progress=False)
+
+
+def test_a_step_cap_validates_the_model_it_ends_with(tmp_path):
+    """A run cut by max_steps before any scheduled validation still validates at its last step, so best/ exists
+    (a README command trains a draft for a few steps and then uses runs/.../best)."""
+    data, index, vocab, trie = toy_catalogue(users=60)
+    logs: list[dict] = []
+    res = train(tiny_model(vocab), data, index, vocab, trie, TrainConfig(**{**CFG.__dict__, "max_steps": 3}), tmp_path,
+                on_log=logs.append, progress=False)
+    evals = [r for r in logs if r["event"] == "eval"]
+    assert res.stop_reason == "max_steps" and [r["step"] for r in evals] == [3]
+    assert res.checkpoint == str(tmp_path / "best") and res.best_recall10 == evals[0]["recall@10"]

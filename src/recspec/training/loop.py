@@ -160,6 +160,7 @@ class TrainLoop:
         self.t0 = self.clock()
         self.train_s, self.tokens = 0.0, 0
         self.saved_step = -1  # step of the newest out_dir/last
+        self.validated_step = -1  # step of the newest validation
 
     # --- hooks ------------------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list:
@@ -234,6 +235,7 @@ class TrainLoop:
     def validate(self) -> None:
         """Log `evaluate`'s values; save out_dir/best when `metric` beats the best so far."""
         m = self.evaluate()
+        self.validated_step = self.state.step
         if m is None:
             return
         value = m[self.metric]
@@ -306,6 +308,8 @@ class TrainLoop:
                     if not self.cfg.eval_every:
                         self.validate()
                         self.save_last()
+        if reason == "max_steps" and self.validated_step != self.state.step:
+            self.validate()  # a step cap ends the run: its model is validated (and kept as best/ if it is)
         if self.saved_step != self.state.step:
             self.save_last()
         return reason

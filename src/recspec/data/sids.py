@@ -91,6 +91,7 @@ class SIDIndex:
 
     @staticmethod
     def from_tokens(raw: dict, source: str = "<index>") -> "SIDIndex":
+        """The index as `raw` writes it, collisions kept (`load` resolves them)."""
         try:
             ids = sorted(int(k) for k in raw)
         except ValueError:
@@ -131,8 +132,6 @@ class SIDIndex:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.to_tokens(), f)
         os.replace(tmp, path)
-
-
 
 
 # --- collisions ---------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def test_recommend_with_a_depth_schedule_equals_plain_beam_search(toy, make_deco
     capped = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--draft-beams", "4", "--widths", "3,3",
                                                  "--expand", "0"], input=histories)
     assert plain.exit_code == 0 and spec.exit_code == 0 and capped.exit_code == 0, plain.output + spec.output + capped.output
-    lists = lambda out: [[r["items"] for r in json.loads(line)["recommendations"]] for line in out.splitlines()]  # noqa: E731
+    lists = lambda out: [[r["item"] for r in json.loads(line)["recommendations"]] for line in out.splitlines()]  # noqa: E731
     assert lists(spec.output) == lists(plain.output) == lists(capped.output) and len(lists(plain.output)) == 3
     bad = CliRunner().invoke(cli.app, base + ["--draft", str(toy / "d7"), "--depths", "1,x"], input=histories)
     assert bad.exit_code != 0 and "'x' is not a depth" in str(bad.exception)
@@ -162,7 +162,7 @@ def test_recommend_with_the_trie_drafter_equals_plain_beam_search(toy):
     index = SIDIndex.load(toy / "data" / "toy.index.json")
     L = index.num_levels
     prefixes = [len({tuple(c[:d]) for c in index.codes.tolist()}) for d in range(1, L + 1)]  # per SID level
-    histories = "".join(json.dumps({"history": h}) + "\n" for h in ([1, 2, 3], [4], [5, 9, 12, 20], [29, 0]))
+    histories = "".join(json.dumps({"history": h}) + "\n" for h in ([1, 2, 3], [4], [5, 9, 12, 20], [30, 1]))
     base = ["recommend", str(toy / "data"), "--model", str(toy / "target"), "--K", "3"]
     trie = base + ["--draft", "trie", "--verify", "strict", "--gamma", str(L)]
     runs = [CliRunner().invoke(cli.app, args, input=histories)
@@ -172,7 +172,7 @@ def test_recommend_with_the_trie_drafter_equals_plain_beam_search(toy):
     plain, cut, whole = (recs(r.output) for r in runs)
     assert len(plain) == 4 and all(len(r) == 3 for r in plain) and 3 <= prefixes[0] - 1  # the cut run: N >= K
     for got in (cut, whole):
-        assert [[r["items"] for r in u] for u in got] == [[r["items"] for r in u] for u in plain]
+        assert [[r["item"] for r in u] for u in got] == [[r["item"] for r in u] for u in plain]
         assert [r["score"] for u in got for r in u] == pytest.approx([r["score"] for u in plain for r in u], abs=1e-4)
     # the trie drafter is really used: `eval` with a tree holding every prefix of every level takes one target
     # call per user (both levels accepted, <eos> the bonus), AR one per level and <eos>; same metrics

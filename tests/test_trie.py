@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recspec.data.sids import DEFAULT_PREFIXES, SIDIndex
+from recspec.data.sids import DEFAULT_PREFIXES, SIDIndex, resolve_collisions
 from recspec.data.trie import build_trie
 from recspec.data.vocab import BOS, EOS, PAD, SPECIALS, Vocab, build_prompts
 from recspec.errors import DataError
@@ -19,7 +19,8 @@ from recspec.errors import DataError
 @st.composite
 def sid_indexes(draw) -> SIDIndex:
     """1-4 levels, codebooks of 1-8 codes (not every code used), 1-60 items, often with collisions:
-    items draw their SIDs from a pool of at most as many distinct rows as there are items."""
+    items draw their SIDs from a pool of at most as many distinct rows as there are items; colliding
+    indexes are resolved as loading resolves them (one more level)."""
     L = draw(st.integers(1, 4))
     sizes = tuple(draw(st.lists(st.integers(1, 8), min_size=L, max_size=L)))
     num_items = draw(st.integers(1, 60))
@@ -28,7 +29,7 @@ def sid_indexes(draw) -> SIDIndex:
     rng = np.random.default_rng(seed)
     pool = np.stack([rng.integers(0, s, pool_size) for s in sizes], axis=1)  # (P, L)
     codes = pool[rng.integers(0, pool_size, num_items)]  # (I, L)
-    return SIDIndex(codes=codes.astype(np.int64), level_sizes=sizes, prefixes=DEFAULT_PREFIXES[:L])
+    return resolve_collisions(SIDIndex(codes=codes.astype(np.int64), level_sizes=sizes, prefixes=DEFAULT_PREFIXES[:L]))
 
 
 def brute_force_next(index: SIDIndex, vocab: Vocab, prefix: np.ndarray) -> set[int]:
@@ -87,7 +88,7 @@ def test_end_state_is_dead(index, data):
 
 @settings(max_examples=60, deadline=None)
 @given(sid_indexes())
-def test_walk_reaches_the_item_leaf_and_collisions_share_it(index):
+def test_walk_reaches_the_item_leaf_and_every_item_has_its_own(index):
     vocab = Vocab.for_index(index)
     trie = build_trie(index, vocab)
     tokens = torch.as_tensor(vocab.item_tokens(index.codes))  # (I, L)
@@ -96,13 +97,15 @@ def test_walk_reaches_the_item_leaf_and_collisions_share_it(index):
     assert (sid_rows >= 0).all()
     assert torch.equal(trie.sids[sid_rows], torch.as_tensor(index.codes))
     assert torch.equal(sid_rows, trie.item_sid)
-    unique = np.unique(index.codes, axis=0)
-    assert trie.num_sids == len(unique) == index.num_items - index.collisions()
-    # sid_items: each SID row lists exactly the items that have those codes, every item once
+    assert trie.num_sids == len(np.unique(index.codes, axis=0)) == index.num_items
+    # sid_items: each SID row lists exactly the one item that has those codes, every item once
     assert sorted(i for group in trie.sid_items for i in group) == list(range(index.num_items))
     for row, group in enumerate(trie.sid_items):
         same = np.flatnonzero((index.codes == trie.sids[row].numpy()).all(axis=1))
-        assert list(group) == same.tolist()
+        assert list(group) == same.tolist() and len(group) == 1
+    # items(): SID rows back to items, -1 kept
+    rows = torch.cat([sid_rows, torch.tensor([-1])])
+    assert trie.items(rows).tolist() == list(range(index.num_items)) + [-1]
     # states off the leaves are not items
     assert int((trie.leaf_sid >= 0).sum()) == trie.num_sids
 
@@ -125,6 +128,14 @@ def test_allowed_and_step_are_batched(index, data):
         for j in range(states.shape[1]):
             assert torch.equal(masks[i, j], trie.allowed(states[i, j]))
             assert torch.equal(nxt[i, j], trie.step(states[i, j], tokens[i, j]))
+
+
+def test_trie_refuses_an_index_where_items_share_a_sid():
+    index = SIDIndex(codes=np.array([[0, 1], [1, 0], [0, 1]]), level_sizes=(2, 2), prefixes=("a", "b"))
+    with pytest.raises(DataError, match="1 items share their SID"):
+        build_trie(index, Vocab.for_index(index))
+    resolved = resolve_collisions(index)
+    assert build_trie(resolved, Vocab.for_index(resolved)).num_sids == 3
 
 
 def test_trie_refuses_a_vocab_of_another_index():

@@ -85,32 +85,42 @@ def _console():
 
 @data_app.command("inspect")
 def data_inspect(data: str = DATA, index_dir: Optional[str] = INDEX_DIR):
-    """Counts of users, items, interactions and SID levels."""
+    """Counts of users, items and interactions; per SID level the codes used and the fan-out; collisions."""
+    import dataclasses
+
     from recspec.data.catalog import open_catalog
+    from recspec.data.sids import collision_stats, level_stats
 
     cat = open_catalog(data, index_dir=index_dir)
     d = cat.data
     out = {"name": d.name, "items": d.num_items, "train_sequences": len(d.train),
            "train_interactions": sum(map(len, d.train)), "valid_examples": len(d.valid),
-           "test_examples": len(d.test), "sid_levels": cat.index.num_levels, "level_sizes": list(cat.index.level_sizes),
-           "distinct_sids": cat.trie.num_sids, "sid_collisions": cat.index.collisions(), "vocab_size": cat.vocab.size}
+           "test_examples": len(d.test), "index": cat.index_path, "sid_levels": cat.index.num_levels,
+           "levels": [dataclasses.asdict(s) for s in level_stats(cat.index)],
+           "collisions": dataclasses.asdict(collision_stats(cat.index)), "distinct_sids": cat.trie.num_sids,
+           "vocab_size": cat.vocab.size}
     print(json.dumps(out, indent=2))
 
 
 @data_app.command("build-sids")
-def data_build_sids(data: str = DATA, out: str = typer.Option(..., help="index json to write"),
-                    levels: int = 3, codebook_size: int = 16, dim: int = 32, seed: int = 0):
-    """Build residual k-means SIDs (unique per item) for a RecBole catalogue and save the index."""
-    from recspec.data.catalog import SIDBuild, build_index, detect_format
-    from recspec.data.datasets import find_ml100k, load_recbole
+def data_build_sids(data: str = DATA, out: str = typer.Option(..., help="index json to write (e.g. RUN/index.json, "
+                                                                        "then --index-dir RUN)"),
+                    levels: int = typer.Option(3, help="code levels (a disambiguating level is added where items collide)"),
+                    codebook_size: int = typer.Option(0, help="codes per level; 0: sized from the catalogue"),
+                    dim: int = 32, seed: int = 0):
+    """Build residual k-means SIDs from the interactions (any index the data has is ignored) and save the index."""
+    import dataclasses
 
-    folder = find_ml100k() if data == "ml-100k" else data
-    if detect_format(folder) != "recbole":
-        raise RecSpecError(f"{data}: already has SIDs; build-sids is for RecBole catalogues")
-    split, _ = load_recbole(folder, split="loo")
-    index = build_index(folder, split, SIDBuild(levels, codebook_size, dim, seed))
+    from recspec.data.catalog import SIDBuild, build_index, data_folder, detect_format, read_data
+    from recspec.data.sids import collision_stats
+
+    folder = data_folder(data)
+    fmt = detect_format(folder)
+    split = read_data(folder, fmt)
+    index = build_index(folder, fmt, split, SIDBuild(levels, codebook_size, dim, seed))
     index.save(out)
-    print(json.dumps({"out": out, "items": index.num_items, "levels": index.num_levels, "collisions": index.collisions()}))
+    print(json.dumps({"out": out, "items": index.num_items, "levels": index.num_levels,
+                      "level_sizes": list(index.level_sizes), **dataclasses.asdict(collision_stats(index))}))
 
 
 @app.command()
@@ -194,40 +204,43 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
 
 @app.command()
 def recommend(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
-              input: str = typer.Option("-", "--input", help="JSON lines {\"history\": [item ids]} ('-': stdin)"),
+              input: str = typer.Option("-", "--input", help="JSON lines {\"history\": [item ids]} ('-': stdin); "
+                                        "ids as the dataset's interaction files write them"),
               draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
               verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
               draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
               expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
               K: int = typer.Option(10, "--K", callback=_positive), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
               seed: int = 0, device: str = "cpu"):
-    """Histories in, top-K items (with titles where known) out, as JSON lines."""
+    """Histories in, top-K distinct items (with titles where known) out, as JSON lines; item ids in and
+    out are the dataset's own (sequential_*.txt: 1-based, LC-Rec inter.json: 0-based, RecBole: .inter tokens)."""
     from recspec.recommender import Recommender
 
     _check_draft(verify, draft)
     cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature)
-    histories = _read_histories(input)
+    names, histories = _read_histories(input)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
     _check_K(K, rec.catalog)
-    res, _ = rec.recommend(histories, K)
-    titles = rec.catalog.data.titles
-    for h, sids, scores in zip(histories, res.sids.tolist(), res.scores.tolist()):
-        recs = [{"items": list(rec.items_of(s)), "sid": rec.catalog.index.sid_string(rec.items_of(s)[0]),
-                 "titles": [titles[i] for i in rec.items_of(s) if i in titles], "score": round(sc, 5)}
-                for s, sc in zip(sids, scores) if s >= 0]
+    res, _ = rec.recommend(histories, K, names=names)
+    titles, index = rec.catalog.data.titles, rec.catalog.index
+    for h, items, internal, scores in zip(histories, res.items, res.internal.tolist(), res.scores.tolist()):
+        recs = [{"item": item, "sid": index.sid_string(i), "title": titles.get(i), "score": round(sc, 5)}
+                for item, i, sc in zip(items, internal, scores)]
         print(json.dumps({"history": h, "recommendations": recs}))
 
 
-def _item_id(x, path: str, line: int, j: int) -> int:
-    """One history entry: an integer id (a JSON number without a fraction, or a string of digits)."""
-    if isinstance(x, bool) or not isinstance(x, (int, str)) or (isinstance(x, str) and not x.strip().isdigit()):
-        raise RecSpecError(f"{path}:{line}: history[{j}] = {json.dumps(x)} is not an item id (an integer)")
-    return int(x)
+def _item_id(x, path: str, line: int, j: int) -> int | str:
+    """One history entry: an item id as the data files write it (a JSON integer, or a string such as a
+    RecBole token); a fraction, a boolean or anything else is refused."""
+    if isinstance(x, bool) or not isinstance(x, (int, str)) or (isinstance(x, str) and not x.strip()):
+        raise RecSpecError(f"{path}:{line}: history[{j}] = {json.dumps(x)} is not an item id (an integer or a token)")
+    return x.strip() if isinstance(x, str) else x
 
 
-def _read_histories(path: str) -> list[list[int]]:
+def _read_histories(path: str) -> tuple[list[str], list[list[int | str]]]:
+    """JSON lines of {"history": [ids]} (or bare lists) -> (each history's "FILE:LINE", the histories)."""
     lines = sys.stdin.read().splitlines() if path == "-" else open(path, encoding="utf-8").read().splitlines()
-    out = []
+    names, out = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -238,10 +251,11 @@ def _read_histories(path: str) -> list[list[int]]:
                 raise TypeError(f"history is a {type(hist).__name__}, not a list")
         except (ValueError, KeyError, TypeError) as e:
             raise RecSpecError(f"{path}:{n}: expected {{\"history\": [item ids]}} ({type(e).__name__}: {e})") from None
+        names.append(f"{path}:{n}")
         out.append([_item_id(x, path, n, j) for j, x in enumerate(hist)])
     if not out:
         raise RecSpecError(f"{path}: no histories given")
-    return out
+    return names, out
 
 
 @app.command()

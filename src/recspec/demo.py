@@ -3,6 +3,7 @@ the popularity baseline, and write a JSON report. Running it again reuses the fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -12,6 +13,7 @@ import torch
 
 from recspec.config import MODEL_PRESETS, ModelConfig, TrainConfig, to_dict
 from recspec.data.catalog import Catalog, SIDBuild, open_catalog
+from recspec.data.sids import collision_stats
 from recspec.evaluation.evaluate import evaluate, evaluate_popularity
 from recspec.models.decoder import Decoder
 from recspec.models.hf import check_fits, load_checkpoint
@@ -40,7 +42,7 @@ def model_config(catalog: Catalog, size: str) -> ModelConfig:
 def run_demo(cfg: DemoConfig, on_log=None, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     os.makedirs(cfg.out, exist_ok=True)
-    cat = open_catalog(cfg.data, index_dir=cfg.out, build=SIDBuild(levels=3, codebook_size=16))
+    cat = open_catalog(cfg.data, index_dir=cfg.out, build=SIDBuild())  # codebooks sized from the catalogue
     torch.manual_seed(cfg.seed)
     model = Decoder(model_config(cat, cfg.size))
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.max_steps,
@@ -54,7 +56,7 @@ def run_demo(cfg: DemoConfig, on_log=None, progress: bool = True) -> dict:
     pop = evaluate_popularity(cat.data, cat.trie, test)
     report = {
         "data": cfg.data, "items": cat.data.num_items, "users_test": len(test),
-        "sid_levels": cat.index.num_levels, "sid_collisions": cat.index.collisions(),
+        "sid_levels": cat.index.num_levels, "sid_collisions": dataclasses.asdict(collision_stats(cat.index)),
         "model": to_dict(best.cfg), "parameters": best.cfg.num_parameters(),
         "train": {"steps": result.steps, "epochs_done": result.epochs_done, "stop_reason": result.stop_reason,
                   "best_valid_recall@10": result.best_recall10, "checkpoint": result.checkpoint},

@@ -1,7 +1,13 @@
 """The Python API: a target (and optionally a draft) over a catalogue, recommending in batches.
 
     rec = Recommender.load("ml-100k", "runs/demo/target", index_dir="runs/demo")
-    result, stats = rec.recommend([[12, 7, 301]], K=10)
+    recs, stats = rec.recommend([[12, 7, 301]], K=10)   # ids as the dataset's files write them
+    recs.items[0]                                       # 10 distinct items, the same kind of ids
+
+Item ids at this edge are the dataset's own, as written in its interaction files: the numbers of
+`sequential_*.txt` lines (1-based), LC-Rec `inter.json` ids (0-based), RecBole `.inter` item tokens
+(strings; 7 and "7" are the same id). Internal ids (0-based rows of the SID index, what `SplitData`
+and `Example` hold) are taken by `recommend_internal` only.
 
 With a draft and `DecodeConfig(verify="strict")` the output is exactly the target's beam search.
 """
@@ -25,6 +31,16 @@ from recspec.evaluation.evaluate import length_batches, target_sids
 from recspec.evaluation.metrics import DEFAULT_KS, ranking_metrics
 from recspec.models.decoder import Decoder
 from recspec.models.hf import check_fits, load_checkpoint
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Top-K lists, one per history, in input order; every list holds K distinct items."""
+
+    items: list[list[int | str]]  # (U, K) the dataset's own item ids, best first
+    internal: torch.Tensor  # (U, K) int64 the same items as internal ids
+    scores: torch.Tensor  # (U, K) sequence log-probabilities of the items' SIDs
+    beams: BeamResult  # (U, K) what beam search returned: SID rows (`catalog.trie.sids`) and codes
 
 
 @dataclass
@@ -56,9 +72,26 @@ class Recommender:
                           verify=self.cfg.verify, generator=gen, depths=self.cfg.depths,
                           widths=self.cfg.widths, temperature=self.cfg.temperature)
 
+    def recommend(self, histories: Sequence[Sequence[int | str]], K: int | None = None,
+                  names: Sequence[str] | None = None) -> tuple[Recommendations, SpecStats]:
+        """Top-K items per history. Ids in and out are the dataset's own (as its interaction files write
+        them, see the module docstring); an unknown id is a DataError naming it and its history
+        (`names[i]`, default "history i"). For internal ids use `recommend_internal`."""
+        ids = self.catalog.data.file_ids()
+        names = names if names is not None else [f"history {i}" for i in range(len(histories))]
+        if len(names) != len(histories):
+            raise ValueError(f"{len(names)} names for {len(histories)} histories")
+        internal = [ids.to_internal(h, where=n) for h, n in zip(histories, names)]
+        beams, stats = self.recommend_internal(internal, K)
+        items = self.catalog.trie.items(beams.sids)  # (U, K)
+        written = [[ids.to_file(i) for i in row if i >= 0] for row in items.tolist()]
+        return Recommendations(items=written, internal=items, scores=beams.scores, beams=beams), stats
+
     @torch.no_grad()
-    def recommend(self, histories: Sequence[Sequence[int]], K: int | None = None) -> tuple[BeamResult, SpecStats]:
-        """Top-K unique SIDs per history (rows in input order) and decoding statistics."""
+    def recommend_internal(self, histories: Sequence[Sequence[int]], K: int | None = None) -> tuple[BeamResult, SpecStats]:
+        """Top-K SID rows per history of internal item ids (0-based index rows, as `SplitData` holds
+        them), rows in input order, and decoding statistics. `catalog.trie.items(result.sids)` maps
+        the SID rows to internal item ids, one item each."""
         K = K or self.cfg.K
         engine, stats = self._engine(K), SpecStats()
         U, L = len(histories), self.catalog.trie.num_levels
@@ -73,15 +106,12 @@ class Recommender:
         return out, stats
 
     def evaluate(self, examples: Sequence[Example], K: int = 20, ks: Sequence[int] = DEFAULT_KS) -> dict:
-        res, stats = self.recommend([e.history for e in examples], K)
+        res, stats = self.recommend_internal([e.history for e in examples], K)
         metrics = ranking_metrics(res.sids.tolist(), target_sids(self.catalog.trie, examples), [k for k in ks if k <= K])
         return {**metrics, "users": len(examples), **{k: v for k, v in stats.summary().items() if k != "times"}}
-
-    def items_of(self, sid: int) -> tuple[int, ...]:
-        return self.catalog.trie.sid_items[sid] if sid >= 0 else ()
 
     def with_config(self, **changes) -> "Recommender":
         return replace(self, cfg=replace(self.cfg, **changes))
 
 
-__all__ = ["Recommender", "HISTORY_LEN"]
+__all__ = ["Recommender", "Recommendations", "HISTORY_LEN"]

@@ -8,15 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recspec.data.datasets import (
-    Example,
-    find_ml100k,
-    load_lcrec,
-    load_recbole,
-    load_sequential,
-    recbole_items,
-)
-from recspec.data.sids import SIDIndex
+from recspec.data.datasets import Example, ItemIds, load_lcrec, load_sequential
+from recspec.data.recbole import find_ml100k, load_recbole, recbole_items
+from recspec.data.sids import SIDIndex, collision_stats
 from recspec.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
@@ -84,6 +78,27 @@ def test_sequential_missing_user_line(tmp_path):
         load_sequential(folder)
 
 
+def test_sequential_without_an_index_names_its_items(tmp_path):
+    folder = _sequential(tmp_path)
+    (folder / "toy.index.json").unlink()
+    data, index = load_sequential(folder)
+    assert index is None
+    largest = max(int(t) for f in folder.glob("sequential_*.txt") for line in f.read_text().splitlines()
+                  for t in line.split()[1:])
+    assert data.num_items == largest and data.item_ids == tuple(range(1, largest + 1))
+    (tmp_path / "again").mkdir()
+    assert data.train == load_sequential(_sequential(tmp_path / "again"))[0].train  # same split as with an index
+
+
+def test_file_ids_map_both_ways():
+    ids = ItemIds(("10", "2", "abc"))
+    assert ids.to_internal(["abc", 10, "2"], where="line 3") == [2, 0, 1]  # 10 and "10" are one id
+    assert [ids.to_file(i) for i in (2, 0, 1)] == ["abc", "10", "2"]
+    for bad in (7, 10.0, True, None):
+        with pytest.raises(DataError, match=rf"line 3: unknown item id {bad!r} "):
+            ids.to_internal(["2", bad], where="line 3")
+
+
 # --- LC-Rec ------------------------------------------------------------------------------------------
 def _lcrec(tmp_path: Path, inter: dict) -> Path:
     (tmp_path / "Toy.inter.json").write_text(json.dumps(inter))
@@ -100,6 +115,15 @@ def test_load_lcrec_leave_one_out(tmp_path):
     assert data.valid == [Example("u1", (0, 1), (2,)), Example("u2", (4,), (0,))]
     assert data.test == [Example("u1", (0, 1, 2), (3,)), Example("u2", (4, 0), (1,))]
     assert data.titles == {0: "Pen"}
+    assert data.item_ids == tuple(range(5))
+
+
+def test_lcrec_without_an_index(tmp_path):
+    folder = _lcrec(tmp_path, {"u1": [0, 1, 2, 3], "u2": [6, 0, 1]})
+    for f in folder.glob("*.index*.json"):
+        f.unlink()
+    data, index = load_lcrec(folder)
+    assert index is None and data.num_items == 7 and data.item_ids == tuple(range(7))
 
 
 def test_lcrec_unknown_item_names_file_and_user(tmp_path):
@@ -151,6 +175,7 @@ def test_load_recbole_leave_one_out(tmp_path):
     assert data.valid == [Example("u1", (0, 2), (1,)), Example("u2", (2, 3), (0,))]
     assert data.test == [Example("u1", (0, 2, 1), (3,)), Example("u2", (2, 3, 0), (1,))]
     assert data.titles == {0: "Toy Story (1995)", 1: "Heat"}
+    assert data.item_ids == ("2", "3", "7", "10")  # the .inter tokens, by internal id
 
 
 def test_load_recbole_temporal(tmp_path):
@@ -211,16 +236,27 @@ def test_ml100k_smoke():
     assert recbole_items(_ml100k()).class_multi_hot().shape == (1682, 19)
 
 
+def _raw_index(path: Path) -> SIDIndex:
+    """The index file as written, collisions kept (what SIDIndex.load resolves)."""
+    return SIDIndex.from_tokens(json.loads(path.read_text()), source=str(path))
+
+
 @pytest.mark.skipif(not (SHARED / "beauty").is_dir(), reason="shared datasets not present")
 def test_beauty_smoke():
     data, index = load_sequential(SHARED / "beauty")
     assert len(data.test) == 3553 and len(data.train) == 19383
     assert sum(len(s) for s in data.train) == 122241
     assert sum(len(e.targets) for e in data.test) == 7313
-    assert index.num_items == data.num_items == 12035 and index.num_levels == 4
-    assert tuple(len(np.unique(index.codes[:, l])) for l in range(4)) == (91, 256, 256, 256)
-    assert index.level_sizes == (255, 256, 256, 256)  # max code + 1: level a uses 91 of 0..254
-    assert index.collisions() == 12
+    raw = _raw_index(SHARED / "beauty" / "beauty.index.json")
+    assert index.num_items == data.num_items == raw.num_items == 12035 and raw.num_levels == 4
+    assert tuple(len(np.unique(raw.codes[:, l])) for l in range(4)) == (91, 256, 256, 256)
+    assert raw.level_sizes == (255, 256, 256, 256)  # max code + 1: level a uses 91 of 0..254
+    assert raw.collisions() == 12  # SOURCE.md: 12 items share their 4 codes with another item
+    # loading appends the disambiguating level: one SID per item, the four codes kept
+    assert index.disambiguated and index.num_levels == raw.num_levels + 1 and index.collisions() == 0
+    np.testing.assert_array_equal(index.codes[:, :-1], raw.codes)
+    assert collision_stats(index).disambiguated_items == raw.collisions()
+    assert data.item_ids[0] == 1 and data.item_ids[-1] == data.num_items  # the files' 1-based ids
 
 
 @pytest.mark.skipif(not (SHARED / "office").is_dir(), reason="shared datasets not present")
@@ -230,3 +266,19 @@ def test_office_smoke():
     assert len(data.train) == len(data.valid) == len(data.test) == 4905
     assert sum(len(s) for s in data.train) + 2 * 4905 == 53258
     assert len(data.titles) == 2417
+    raw = _raw_index(SHARED / "office" / "Office.index.rq-kmeans.json")
+    stats = collision_stats(index)
+    assert stats.items_on_shared_sids == 10  # SOURCE.md: 10 items share their code with another item
+    assert index.collisions() == 0 and stats.disambiguated_items == raw.collisions() > 0
+    assert data.item_ids == tuple(range(data.num_items))  # LC-Rec ids are 0-based as written
+
+
+@pytest.mark.parametrize("name", ["beauty", "office"])
+def test_shipped_catalogues_open_with_one_item_per_sid(name):
+    from recspec.data.catalog import open_catalog
+
+    if not (SHARED / name).is_dir():
+        pytest.skip("shared datasets not present")
+    cat = open_catalog(str(SHARED / name))
+    assert cat.trie.num_sids == cat.data.num_items
+    assert all(len(items) == 1 for items in cat.trie.sid_items)

@@ -1,13 +1,16 @@
-"""SID index io, residual k-means SID building, and item vectors from co-occurrence."""
+"""SID index io, collision resolution (the disambiguating level), and the statistics `data inspect` prints."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recspec.data.sids import SIDIndex, build_sids, item_vectors_from_interactions, kmeans
+from recspec.data.sids import (DISAMBIGUATION_PREFIX, SIDIndex, collision_stats, level_stats, rank_in_group,
+                               resolve_collisions)
 from recspec.errors import DataError
 
 
@@ -35,87 +38,101 @@ def test_load_rejects_bad_token(tmp_path):
         SIDIndex.load(path)
 
 
-def test_kmeans_finds_separated_clusters():
-    rng = np.random.default_rng(0)
-    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    x = np.concatenate([c + 0.1 * rng.standard_normal((20, 2)) for c in centres])  # (60, 2)
-    _, labels = kmeans(x, 3, seed=1)
-    groups = labels.reshape(3, 20)
-    assert all(len(set(g)) == 1 for g in groups)
-    assert len({g[0] for g in groups}) == 3
+
+# --- collisions ----------------------------------------------------------------------------------------
+def _colliding() -> SIDIndex:
+    """6 items over 2 levels: items 1, 3, 4 share (0, 1), items 2, 5 share (1, 0), item 0 is alone."""
+    codes = np.array([[0, 0], [0, 1], [1, 0], [0, 1], [0, 1], [1, 0]], dtype=np.int64)
+    return SIDIndex(codes=codes, level_sizes=(2, 2), prefixes=("a", "b"))
 
 
-def test_build_sids_without_collisions_keeps_levels():
-    x = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])  # (4, 2), 4 clear clusters
-    index = build_sids(x, levels=2, codebook_size=4, seed=0)
-    assert index.num_levels == 2
-    assert index.collisions() == 0
-    assert index.prefixes == ("a", "b")
+def test_resolve_appends_rank_within_each_group():
+    raw = _colliding()
+    index = resolve_collisions(raw)
+    assert index.num_levels == raw.num_levels + 1 and index.disambiguated
+    assert index.prefixes == (*raw.prefixes, DISAMBIGUATION_PREFIX)
+    np.testing.assert_array_equal(index.codes[:, :-1], raw.codes)  # earlier levels untouched
+    assert index.codes[:, -1].tolist() == [0, 0, 0, 1, 2, 1]  # rank by item id inside each group
+    assert index.level_sizes == (*raw.level_sizes, 3)  # the largest group
+    assert index.collisions() == 0 and len(np.unique(index.codes, axis=0)) == index.num_items
 
 
-def test_build_sids_appends_rank_level_for_duplicates():
-    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # items 0, 1, 3 identical
-    index = build_sids(x, levels=2, codebook_size=2, seed=0)
-    assert index.num_levels == 3
-    assert index.codes[[0, 1, 3], 2].tolist() == [0, 1, 2]  # rank in item-id order
-    assert index.codes[2, 2] == 0
-    assert index.level_sizes[2] == 3
-    assert index.collisions() == 0
+def test_resolve_leaves_an_index_without_collisions_unchanged():
+    index = _index()
+    assert resolve_collisions(index) is index and not index.disambiguated
 
 
-def test_build_sids_is_deterministic_and_round_trips(tmp_path):
-    x = np.random.default_rng(3).standard_normal((200, 8))
-    a, b = build_sids(x, levels=3, codebook_size=8, seed=5), build_sids(x, levels=3, codebook_size=8, seed=5)
-    np.testing.assert_array_equal(a.codes, b.codes)
-    assert a.level_sizes[:3] == (8, 8, 8)
-    a.save(tmp_path / "x.index.json")
-    assert SIDIndex.load(tmp_path / "x.index.json").fingerprint() == a.fingerprint()
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_resolve_gives_unique_sids_and_ranks_by_item_id(levels, num_items, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 3, (num_items, levels))  # (I, L), few codes: collisions are common
+    raw = SIDIndex(codes=codes, level_sizes=(3,) * levels, prefixes=("a", "b", "c")[:levels])
+    index = resolve_collisions(raw)
+    assert len(np.unique(index.codes, axis=0)) == num_items
+    if raw.collisions() == 0:
+        assert index is raw
+        return
+    last = index.codes[:, -1]
+    for row in np.unique(codes, axis=0):
+        members = np.flatnonzero((codes == row).all(axis=1))  # increasing item ids
+        assert last[members].tolist() == list(range(len(members)))
+    assert int((last > 0).sum()) == raw.collisions()
 
 
-@st.composite
-def _vectors_with_duplicates(draw) -> np.ndarray:
-    """(I, D) vectors drawn from a small pool, so exact duplicates are common."""
-    dim = draw(st.integers(1, 4))
-    pool = draw(st.integers(1, 12))
-    base = draw(st.lists(st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=dim, max_size=dim),
-                         min_size=pool, max_size=pool))
-    picks = draw(st.lists(st.integers(0, pool - 1), min_size=1, max_size=40))
-    return np.asarray(base, dtype=np.float64)[picks]
+def test_load_resolves_collisions_and_the_saved_index_round_trips(tmp_path):
+    raw = _colliding()
+    path = tmp_path / "shared.index.json"
+    path.write_text(json.dumps(raw.to_tokens()))  # an index file where items share SIDs
+    loaded = SIDIndex.load(path)
+    np.testing.assert_array_equal(loaded.codes, resolve_collisions(raw).codes)
+    assert loaded.tokens(4) == ["<a_0>", "<b_1>", f"<{DISAMBIGUATION_PREFIX}_2>"]
+    loaded.save(tmp_path / "saved.index.json")
+    again = SIDIndex.load(tmp_path / "saved.index.json")
+    np.testing.assert_array_equal(again.codes, loaded.codes)
+    assert again.level_sizes == loaded.level_sizes and again.prefixes == loaded.prefixes
+    assert again.fingerprint() == loaded.fingerprint() and again.disambiguated
 
 
-@settings(max_examples=100, deadline=None)
-@given(x=_vectors_with_duplicates(), levels=st.integers(1, 3), codebook=st.integers(1, 6), seed=st.integers(0, 9))
-def test_build_sids_gives_every_item_a_unique_sid(x, levels, codebook, seed):
-    index = build_sids(x, levels=levels, codebook_size=codebook, seed=seed, iters=5)
-    assert index.num_items == len(x)
-    assert len(np.unique(index.codes, axis=0)) == len(x)
-    assert index.num_levels in (levels, levels + 1)
-    assert (index.codes < np.array(index.level_sizes)).all()
+def test_load_refuses_a_disambiguating_level_that_does_not_disambiguate(tmp_path):
+    path = tmp_path / "bad.index.json"
+    path.write_text(json.dumps({"0": ["<a_1>", "<dup_0>"], "1": ["<a_1>", "<dup_0>"]}))
+    with pytest.raises(DataError, match=r"bad\.index\.json: 1 items share a SID"):
+        SIDIndex.load(path)
 
 
-def test_build_sids_rejects_bad_input():
-    with pytest.raises(DataError):
-        build_sids(np.zeros((0, 3)))
-    with pytest.raises(DataError):
-        build_sids(np.zeros(5))
+def test_rank_in_group_by_hand():
+    codes = np.array([[1, 1], [0, 0], [1, 1], [0, 0], [1, 1]])
+    assert rank_in_group(codes).tolist() == [0, 0, 1, 1, 2]
 
 
-def test_item_vectors_follow_cooccurrence():
-    # items 0-2 always appear together, items 3-5 together; item 6 never appears (cold)
-    train = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [3, 4, 5], [5, 3, 4], [4, 5, 3]] * 3
-    vecs = item_vectors_from_interactions(train, num_items=7, dim=4, seed=0)  # (7, 4)
-    assert vecs.shape == (7, 4) and vecs.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    same, other = vecs[0] @ vecs[1], vecs[0] @ vecs[4]
-    assert same > other + 0.5
-    again = item_vectors_from_interactions(train, num_items=7, dim=4, seed=0)
-    np.testing.assert_array_equal(vecs, again)
+# --- statistics ----------------------------------------------------------------------------------------
+def test_level_stats_match_brute_force():
+    index = resolve_collisions(_colliding())
+    stats = level_stats(index)
+    assert [s.prefix for s in stats] == list(index.prefixes)
+    for level, s in enumerate(stats):
+        codes = index.codes.tolist()
+        assert s.tokens == index.level_sizes[level]
+        assert s.codes_used == len({c[level] for c in codes})
+        parents = {tuple(c[:level]) for c in codes}
+        fanout = [len({c[level] for c in codes if tuple(c[:level]) == p}) for p in parents]
+        assert s.fanout_max == max(fanout)
+        assert s.fanout_mean == pytest.approx(np.mean(fanout), abs=1e-3)
 
 
-def test_item_vectors_with_side_features():
-    side = np.eye(5, 3, dtype=np.float32)  # (5, 3) one-hot, last two rows empty
-    vecs = item_vectors_from_interactions([[0, 1, 2, 3, 4]], num_items=5, dim=2, side_features=side)
-    assert vecs.shape == (5, 5)
-    np.testing.assert_allclose(vecs[0, 2:], [0.5, 0.0, 0.0])
-    with pytest.raises(DataError, match="side features"):
-        item_vectors_from_interactions([[0, 1]], num_items=5, dim=2, side_features=np.ones((4, 2)))
+def test_collision_stats_report_the_groups_and_the_disambiguated_share():
+    raw = _colliding()
+    groups = [len(np.flatnonzero((raw.codes == row).all(axis=1))) for row in np.unique(raw.codes, axis=0)]
+    shared = [g for g in groups if g > 1]
+    for index in (resolve_collisions(raw), raw):  # resolved, and as a hand-made index holds it
+        stats = collision_stats(index)
+        assert stats.shared_sids == len(shared) and stats.items_on_shared_sids == sum(shared)
+        assert stats.largest_group == max(groups)
+        assert stats.disambiguated_items == raw.collisions() == sum(g - 1 for g in shared)
+        assert stats.disambiguated_share == pytest.approx(raw.collisions() / raw.num_items, abs=1e-6)
+    assert DISAMBIGUATION_PREFIX in collision_stats(resolve_collisions(raw)).action
+    assert collision_stats(raw).action.startswith("not resolved")
+    clean = collision_stats(_index())
+    assert (clean.shared_sids, clean.largest_group, clean.disambiguated_items) == (0, 1, 0)
+    assert clean.action.startswith("none")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from recspec.data.sids import SIDIndex
+from recspec.data.sids import SIDIndex, resolve_collisions
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import EOS, PAD, Vocab, build_prompts, sequence_tokens
 from recspec.decoding.beam_search import BeamResult, beam_search, boundary_gap
@@ -144,8 +144,10 @@ def test_results_are_real_distinct_sorted_items(beauty, K):
 
 
 # --- a toy catalogue: K up to the number of distinct SIDs -------------------------------------------
-TOY = SIDIndex(codes=np.array([[0, 1, 0], [2, 0, 1], [0, 1, 1], [1, 1, 0], [0, 1, 0], [2, 0, 1], [1, 0, 0]]),
-               level_sizes=(3, 2, 2), prefixes=("a", "b", "c"))  # 7 items, 5 distinct SIDs (2 collisions)
+# 7 items on 5 distinct 3-code SIDs (items 4 and 5 repeat items 0 and 1), resolved as loading resolves them:
+# a 4th, disambiguating level tells them apart (7 distinct SIDs)
+TOY = resolve_collisions(SIDIndex(codes=np.array([[0, 1, 0], [2, 0, 1], [0, 1, 1], [1, 1, 0], [0, 1, 0], [2, 0, 1],
+                                                  [1, 0, 0]]), level_sizes=(3, 2, 2), prefixes=("a", "b", "c")))
 
 
 def exhaustive_scores(model, vocab: Vocab, trie: SIDTrie, history: list[int]) -> torch.Tensor:
@@ -179,8 +181,9 @@ def test_k_outside_the_catalogue_is_refused(make_decoder):
     trie = build_trie(TOY, vocab)
     model = make_decoder(vocab)
     prompts = build_prompts(vocab, TOY, [[0]])
-    for K in (0, trie.num_sids + 1, TOY.num_items):  # 7 items but only 5 distinct SIDs
-        with pytest.raises(ValueError, match=rf"K={K} must be between 1 and the number of distinct items \(5\)"):
+    assert trie.num_sids == TOY.num_items  # one SID per item
+    for K in (0, trie.num_sids + 1):
+        with pytest.raises(ValueError, match=rf"K={K} must be between 1 and the number of distinct items \({trie.num_sids}\)"):
             beam_search(model, trie, prompts, K)
 
 

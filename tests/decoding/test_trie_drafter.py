@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency
 
-from recspec.data.sids import SIDIndex
+from recspec.data.sids import SIDIndex, resolve_collisions
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import Prompts, Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
@@ -110,23 +110,33 @@ def level2_beams(target, trie: SIDTrie, prompts, K: int) -> tuple[torch.Tensor, 
     return engine.beams.states.clone(), torch.isfinite(engine.beams.scores)
 
 
+def descendants(trie: SIDTrie, levels: int) -> list[torch.Tensor]:
+    """[(S,) code descendants j levels below each state, for j = 1..levels]."""
+    fan = fan_out(trie)
+    code = (trie.next_state >= 0) & (trie.depth < trie.num_levels)[:, None]  # (S, C) code edges
+    out = [fan]
+    for _ in range(levels - 1):
+        out.append(torch.where(code, out[-1][trie.next_state.clamp(min=0)], 0).sum(dim=1))
+    return out
+
+
 @pytest.mark.parametrize("seed", [1, 11])
 def test_a_tree_holding_every_child_takes_two_target_calls(beauty, make_decoder, seed):
-    """depths (1, 2, 2), widths FULL: round 1 drafts every level-1 code, round 2 the children and
-    grandchildren of the target's 10 level-2 beams. Where they fit the widths, the tree holds every
-    child and both rounds are accepted whatever the target's weights: 2 target calls per user."""
-    K, N, depths = 10, 96, (1, 2, 2)
+    """depths (1, 2, L - 2), widths FULL (N past its end): round 1 drafts every level-1 code, round 2
+    every descendant of the target's 10 level-2 beams down to the leaves. Where they fit the widths,
+    the tree holds every child and both rounds are accepted whatever the target's weights: 2 target
+    calls per user."""
     trie, L = beauty.trie, beauty.trie.num_levels
+    K, N, depths = 10, 96, (1, 2, L - 2)
     target = beauty.target if seed == 1 else make_decoder(beauty.vocab, seed=seed, **TARGET)
-    fan = fan_out(trie)
-    code = (trie.next_state >= 0) & (trie.depth < L)[:, None]  # (S, C) code edges
-    grand = torch.where(code, fan[trie.next_state.clamp(min=0)], 0).sum(dim=1)  # (S,) code grandchildren
-    assert int(fan[trie.ROOT]) <= FULL[0] <= N and L == len(FULL) and depths[2] == L - 2
+    below = descendants(trie, L - 2)  # below[j - 1]: descendants at SID level 2 + j of a level-2 state
+    widths = FULL + (N,) * (L - len(FULL))  # the tree's width at SID level l is widths[l - 1]
+    assert int(below[0][trie.ROOT]) <= FULL[0] <= N and L >= len(FULL)
     prior = popularity_prior(trie, beauty.train)
     for prompts in beauty.batched[:CALL_BATCHES]:
         states, live = level2_beams(target, trie, prompts, K)
         assert live.all()
-        fits = ((fan[states] * live).sum(dim=1) <= FULL[2]) & ((grand[states] * live).sum(dim=1) <= FULL[3])
+        fits = torch.stack([(below[j - 1][states] * live).sum(dim=1) <= widths[1 + j] for j in range(1, L - 1)]).all(0)
         engine = SpecEngine(target, TrieDrafter(trie, N, prior), trie, K=K, N=N, gamma=2, depths=depths, widths=FULL)
         _, stats = engine.run(prompts)
         levels_table(stats, L, max(depths))
@@ -136,8 +146,10 @@ def test_a_tree_holding_every_child_takes_two_target_calls(beauty, make_decoder,
 
 
 # --- the popularity prior ------------------------------------------------------------------------------
-# TOY plus item 7, which shares item 0's SID (its interactions count for that leaf too)
-SHARED = SIDIndex(codes=np.concatenate([TOY.codes, [[0, 0]]]), level_sizes=TOY.level_sizes, prefixes=TOY.prefixes)
+# TOY plus item 7, which had item 0's SID: resolved as loading resolves it, the two share the prefix (0, 0)
+# (item 7's interactions count for that prefix too) and differ in the disambiguating level
+SHARED = resolve_collisions(SIDIndex(codes=np.concatenate([TOY.codes, [[0, 0]]]), level_sizes=TOY.level_sizes,
+                                     prefixes=TOY.prefixes))
 HISTORIES = [[0, 0, 1], [3, 7, 0], [5], [0, 3]]
 
 
@@ -175,7 +187,7 @@ def test_popularity_prior_is_the_log_share_of_interactions(smoothing):
     count = Counter(i for h in HISTORIES for i in h)
     under = Counter({p: 0 for p in want})
     for item, codes in enumerate(SHARED.codes.tolist()):
-        for d in (1, 2):
+        for d in range(1, SHARED.num_levels + 1):
             under[tuple(codes[:d])] += count[item]
     pairs = [(a, b) for a in want for b in want if len(a) == len(b) and a[:-1] == b[:-1] and under[a] > under[b]]
     assert len(pairs) >= 3

@@ -1,4 +1,5 @@
-"""Batched recommendation keeps input order and matches one-user beam search; metrics compare SIDs."""
+"""Batched recommendation keeps input order and matches one-user beam search; metrics compare SIDs,
+one per item (an index with shared SIDs is resolved when loaded)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from recspec.data.datasets import Example, SplitData
-from recspec.data.sids import SIDIndex
+from recspec.data.sids import SIDIndex, resolve_collisions
 from recspec.data.trie import build_trie
 from recspec.data.vocab import Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
@@ -22,11 +23,12 @@ from recspec.evaluation.evaluate import (
 from recspec.evaluation.metrics import ranking_metrics
 
 
-def toy_index(num_items: int = 30, collide: tuple[int, int] | None = None) -> SIDIndex:
-    """Two levels, item i = (i // 6, i % 6); `collide` = (a, b) gives item b the SID of item a."""
+def toy_index(num_items: int = 30, collide: tuple[int, ...] = ()) -> SIDIndex:
+    """Two levels, item i = (i // 6, i % 6); `collide` = (a, b, ...) gives items b, ... the SID of item a
+    (as an index file may hold them: unresolved)."""
     codes = np.stack([np.arange(num_items) // 6, np.arange(num_items) % 6], axis=1)
     if collide:
-        codes[collide[1]] = codes[collide[0]]
+        codes[list(collide[1:])] = codes[collide[0]]
     return SIDIndex(codes=codes, level_sizes=(int(codes[:, 0].max()) + 1, 6), prefixes=("a", "b"))
 
 
@@ -70,24 +72,49 @@ def test_evaluate_refuses_k_above_beams(toy):
         evaluate(model, trie, vocab, index, [Example("u", (1,), (2,))], K=5, ks=(10,))
 
 
-def test_items_sharing_a_sid_are_one_target():
-    index = toy_index(collide=(4, 5))  # item 5 has item 4's SID
+def test_items_that_shared_a_sid_are_separate_targets():
+    index = resolve_collisions(toy_index(collide=(4, 5)))  # item 5 had item 4's SID
     trie = build_trie(index, Vocab.for_index(index))
     (sids,) = target_sids(trie, [Example("u", (0,), (4, 5))])
-    assert sids == {int(trie.item_sid[4])}
+    assert sids == {int(trie.item_sid[4]), int(trie.item_sid[5])} and len(sids) == 2
 
 
 def test_popularity_baseline_by_hand():
-    index = toy_index(collide=(2, 3))
+    index = resolve_collisions(toy_index(collide=(2, 3)))  # 2 and 3 had one SID: now two items again
     trie = build_trie(index, Vocab.for_index(index))
-    train = [[3, 3, 2], [3, 1], [1, 0]]  # items by count: 3, 1, 2, 0, ...; 2 and 3 share a SID
+    train = [[3, 3, 2], [3, 1], [1, 0]]  # items by count: 3, 1, then 0 and 2 (tie: by id), ...
     ranked = popularity_sids(trie, train, index.num_items)
     s = trie.item_sid.tolist()
-    assert ranked[:3] == [s[3], s[1], s[0]]
+    assert ranked[:4] == [s[3], s[1], s[0], s[2]] and len(ranked) == index.num_items
     data = SplitData(name="toy", num_items=index.num_items, train=train, valid=[], test=[])
-    examples = [Example("a", (0,), (2,)), Example("b", (0,), (0, 9))]  # a: rank 1 (via the shared SID)
+    examples = [Example("a", (0,), (2,)), Example("b", (0,), (0, 9))]  # a: rank 4; b: item 0 at rank 3
     m = evaluate_popularity(data, trie, examples, ks=(1, 3))
-    assert m["recall@1"] == pytest.approx(0.5)
-    assert m["recall@3"] == pytest.approx((1 + 0.5) / 2)
-    assert m["ndcg@3"] == pytest.approx((1 + 0.5 / (1 + 1 / np.log2(3))) / 2)
+    assert m["recall@1"] == pytest.approx(0.0)
+    assert m["recall@3"] == pytest.approx((0 + 0.5) / 2)
+    assert m["ndcg@3"] == pytest.approx((0 + (1 / np.log2(4)) / (1 + 1 / np.log2(3))) / 2)
     assert m["users"] == 2
+
+
+def test_an_index_with_shared_sids_gives_k_distinct_items_and_metrics_over_them(tmp_path, make_decoder):
+    """An index file where items share SIDs is loaded: every list holds K distinct items, and Recall /
+    NDCG count exactly those K items (a ground truth made of the items that shared a SID)."""
+    shared = (4, 5, 6, 7, 8)
+    path = tmp_path / "shared.index.json"
+    toy_index(collide=shared).save(path)
+    index = SIDIndex.load(path)
+    vocab = Vocab.for_index(index)
+    trie, model = build_trie(index, vocab), make_decoder(vocab, seed=3)
+    K = 10
+    items = trie.items(recommend(model, trie, vocab, index, HISTORIES, K=K).sids).tolist()  # (U, K)
+    assert all(len(set(row)) == K and min(row) >= 0 for row in items)
+    examples = [Example(str(u), tuple(h), shared) for u, h in enumerate(HISTORIES)]
+    m = evaluate(model, trie, vocab, index, examples, K=K, ks=(K,))
+    found = [[item in shared for item in row] for row in items]  # hits by item, not by SID
+    assert any(any(f) for f in found)
+    recall = np.mean([sum(f) / len(shared) for f in found])
+    ideal = sum(1 / np.log2(j + 2) for j in range(min(len(shared), K)))
+    ndcg = np.mean([sum(1 / np.log2(j + 2) for j, hit in enumerate(f) if hit) / ideal for f in found])
+    assert m[f"recall@{K}"] == pytest.approx(recall) and m[f"ndcg@{K}"] == pytest.approx(ndcg)
+    index.save(tmp_path / "saved.index.json")  # the resolved index round-trips
+    again = SIDIndex.load(tmp_path / "saved.index.json")
+    assert np.array_equal(again.codes, index.codes) and again.fingerprint() == index.fingerprint()

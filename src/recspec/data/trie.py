@@ -8,6 +8,9 @@ state index is always valid and masks of dead beams are all False.
 Layout: `next_state[s, c]` is the child of state s through code c of level depth[s] (-1: none);
 token id = level_offset[depth[s]] + c. The `<eos>` step is a pseudo-level whose only code 0 is
 `<eos>`, so every level is handled the same way.
+
+Every leaf is exactly one item: an index where items share a SID is refused (`SIDIndex.load` and
+`build_sids` resolve collisions with a disambiguating level), so K distinct SIDs are K distinct items.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from recspec.data.sids import SIDIndex
 from recspec.data.vocab import EOS, Vocab
+from recspec.errors import DataError
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,7 +32,7 @@ class SIDTrie:
     level_offset: torch.Tensor  # (L + 2,) int64 token id of code 0 of the level a state at depth d decodes
     leaf_sid: torch.Tensor  # (S,) int64 row of `sids` for leaves, -1 elsewhere
     sids: torch.Tensor  # (U, L) int64 unique SIDs (codes), row order = leaf order
-    sid_items: tuple[tuple[int, ...], ...]  # unique SID row -> item ids that have it
+    sid_items: tuple[tuple[int, ...], ...]  # unique SID row -> (the one item that has it,)
     item_sid: torch.Tensor  # (I,) int64 item id -> unique SID row
     vocab_size: int
     end_state: int
@@ -42,6 +46,12 @@ class SIDTrie:
     @property
     def num_sids(self) -> int:
         return int(self.sids.shape[0])
+
+    def items(self, sids: torch.Tensor) -> torch.Tensor:
+        """(...,) SID rows -> (...,) the item of each; -1 (no SID) stays -1."""
+        sid_item = torch.empty_like(self.item_sid)  # (U,) inverse of item_sid: one item per SID
+        sid_item[self.item_sid] = torch.arange(len(self.item_sid), device=self.item_sid.device)
+        return torch.where(sids >= 0, sid_item[sids.clamp(min=0)], sids)
 
     def to(self, device) -> "SIDTrie":
         t = lambda x: x.to(device)  # noqa: E731
@@ -76,9 +86,12 @@ class SIDTrie:
 
 
 def build_trie(index: SIDIndex, vocab: Vocab) -> SIDTrie:
-    """Build the trie of every item's SID. Items sharing a SID share its leaf."""
+    """Build the trie of every item's SID, one leaf per item; an index with collisions is refused."""
     if tuple(index.level_sizes) != tuple(vocab.level_sizes):
         raise ValueError(f"index level sizes {index.level_sizes} differ from vocab {vocab.level_sizes}")
+    if index.collisions():
+        raise DataError(f"{index.collisions()} items share their SID with another item; a trie leaf is one item: "
+                        "tell them apart with sids.resolve_collisions(index)")
     codes = np.asarray(index.codes, dtype=np.int64)  # (I, L)
     L = codes.shape[1]
     cmax = max(max(vocab.level_sizes), 1)
@@ -103,9 +116,8 @@ def build_trie(index: SIDIndex, vocab: Vocab) -> SIDTrie:
     leaf_sid = np.full(S, -1, dtype=np.int64)
     leaf_sid[prefix_ids[L]] = np.arange(len(sids))
     offsets = list(vocab.level_offsets()) + [EOS, 0]  # depth L decodes <eos>; the end state nothing
-    members: list[list[int]] = [[] for _ in range(len(sids))]
-    for item, u in enumerate(item_sid.tolist()):
-        members[u].append(item)
+    sid_item = np.empty(len(sids), dtype=np.int64)  # (U,) the item of each SID row
+    sid_item[item_sid] = np.arange(len(item_sid))
     tt = lambda a: torch.as_tensor(a, dtype=torch.int64)  # noqa: E731
     return SIDTrie(tt(next_state), tt(depth), tt(offsets), tt(leaf_sid), tt(sids),
-                   tuple(tuple(m) for m in members), tt(item_sid), vocab.size, end_state)
+                   tuple((i,) for i in sid_item.tolist()), tt(item_sid), vocab.size, end_state)

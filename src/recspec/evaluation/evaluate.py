@@ -1,8 +1,9 @@
 """Offline evaluation: recommend K items per user with beam search and score them against the ground truth.
 
-Everything is compared as unique SID rows (`trie.sids`): items that share a SID are one and the same
-output of a generative model, so ground-truth items are mapped through `trie.item_sid`, and the
-popularity baseline's items are mapped the same way (repeats dropped, order kept).
+Everything is compared as SID rows (`trie.sids`). Every item has its own SID (the trie refuses an index
+with collisions; loading one appends a disambiguating level), so a list of K SID rows is K distinct
+items and a hit is exactly one ground-truth item. Ground-truth items are mapped through
+`trie.item_sid`, and the popularity baseline's items the same way.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def evaluate(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex, examp
 
 
 def popularity_sids(trie: SIDTrie, train: list[list[int]], num_items: int) -> list[int]:
-    """Every unique SID row, most popular first (popularity of a SID = that of its first-ranked item)."""
+    """Every SID row (one per item), most popular item first."""
     items = popularity_ranking(train, num_items, num_items)
     return dedup(trie.item_sid.cpu()[items].tolist())
 

@@ -8,8 +8,7 @@ Terms, for one user u with ranked list r_u = (r_1, r_2, ...) and ground-truth se
     NDCG@k   = DCG@k / IDCG@k
 Each metric is the mean over the users with a non-empty G_u (NaN when there are none).
 
-Ids are opaque integers: the evaluation compares unique SID rows (items sharing a SID are one id),
-and -1 (no item) never matches.
+Ids are opaque integers: the evaluation compares SID rows, one per item, and -1 (no item) never matches.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from recspec.data.trie import SIDTrie
-from recspec.data.vocab import Prompts
+from recspec.data.vocab import PAD, Prompts
 from recspec.decoding.drafters.base import Frontier, Verdict, register
 from recspec.decoding.tree import DraftTree, Layout, pad_rows, stack_levels
 from recspec.decoding.verify import gumbel_topk
@@ -114,7 +114,9 @@ class TrieDrafter:
             C = child.shape[-1]
             cand = torch.where(child >= 0, scores[..., None] + self.prior[child.clamp(min=0)], NEG_INF)
             pick, score, draws, logq = _select(cand, sample, generator, w, temperature)  # (B, w) into P * C
-            tok = token.flatten(1).gather(1, pick)
+            # a node past the last child has no token: <pad> (level offset + code may pass the vocabulary
+            # where a level's codebook is smaller than the widest one, e.g. a disambiguating level)
+            tok = torch.where(torch.isfinite(score), token.flatten(1).gather(1, pick), PAD)
             if logq is not None:
                 logq = pad_rows(_to_vocab(logq, token, V), P)  # (B, P, V)
             levels.append((tok, pick // C, torch.isfinite(score), draws, logq))

@@ -126,4 +126,4 @@ def test_an_unknown_id_is_a_one_line_error_naming_it_and_its_history(tmp_path, m
         cli.main()
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
-    assert f"{histories}: history 2: unknown item id 0" in err  # 0 is no 1-based id
+    assert f"{histories}:2: unknown item id 0" in err  # line 2 of the input; 0 is no 1-based id

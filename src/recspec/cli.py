@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from recspec.config import DecodeConfig, TrainConfig
+from recspec.config import DEFAULT_TREE_BUDGET, DecodeConfig, TrainConfig
 from recspec.errors import RecSpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast generative recommendation with speculative decoding.")
@@ -84,43 +84,65 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
                       "stop_reason": res.stop_reason, "seconds": round(res.seconds, 1)}))
 
 
-EXPAND = typer.Option(2.0, help="deeper tree levels extend only the draft's best expand*K nodes (0: all N)")
-DEPTHS = typer.Option("", help="draft depth by the SID level a round starts from, e.g. 1,3,2 (gamma past the end)")
+# The draft tree: every shape flag at auto (the default) derives it from the catalogue's trie, K and --tree-budget;
+# setting any of them gives an explicit shape (the unset ones: N 40, gamma 3, expand 2, no depths / widths).
+DRAFT_BEAMS = typer.Option(None, help="N: most draft nodes per tree level, >= K [default: auto]", show_default=False)
+GAMMA = typer.Option(None, help="draft depth: levels drafted per round [default: auto]", show_default=False)
+EXPAND = typer.Option(None, help="deeper tree levels extend only the draft's best expand*K nodes (0: all N) [default: auto]",
+                      show_default=False)
+DEPTHS = typer.Option("auto", help="draft depth by the SID level a round starts from, e.g. 1,3,2 (gamma past the end)")
 TEMPERATURE = typer.Option(1.0, help="relaxed: sample from cumulative log-probs / temperature (-> the top-K search as it -> 0)")
-WIDTHS = typer.Option("", help="most drafted nodes per tree level by the SID level it drafts, e.g. 91,64,24,16 (N past the end)")
+WIDTHS = typer.Option("auto", help="most drafted nodes per tree level by the SID level it drafts, each <= N, e.g. 128,16,16 "
+                                   "(N past the end)")
+TREE_BUDGET = typer.Option(None, help=f"auto shape: most tree nodes per target call [default: {DEFAULT_TREE_BUDGET}]",
+                           show_default=False)
 
 
-def parse_depths(text: str, what: str = "depths") -> tuple[int, ...]:
-    """--depths '1,3,2' -> (1, 3, 2) (also --widths); a bad entry is a one-line error naming it."""
-    from recspec.config import parse_depths as parse
+def parse_depths(text: str, what: str = "depths") -> tuple[int, ...] | None:
+    """--depths '1,3,2' -> (1, 3, 2) (also --widths); 'auto' -> None; a bad entry is a one-line error naming it."""
+    from recspec.config import parse_shape_list
 
     try:
-        return parse(text, what=what)
+        return parse_shape_list(text, what=what)
     except ValueError as e:
         raise typer.BadParameter(f"--{e}") from None
 
 
-def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, depths="", widths="",
-                temperature=1.0) -> DecodeConfig:
+def _check_tree(cfg, Ks) -> None:
+    """An explicit tree shape the engine cannot honour (at any of the K), or a bad --tree-budget: one-line error."""
+    from recspec.decoding.tree_shape import check_budget, check_shape, given_shape
+
+    shape = given_shape(cfg.draft_beams, cfg.gamma, cfg.depths, cfg.widths, cfg.draft_expand)
+    _checked(check_budget, cfg.tree_budget, shape is not None)
+    for K in Ks if shape is not None else ():
+        _checked(check_shape, shape, K)
+
+
+def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=None, depths="auto", widths="auto",
+                temperature=1.0, tree_budget=None) -> DecodeConfig:
     if not temperature > 0:
         raise typer.BadParameter(f"--temperature must be > 0, got {temperature}")
-    return DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
-                        draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
-                        temperature=temperature)
+    cfg = DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
+                       draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
+                       temperature=temperature, tree_budget=tree_budget)
+    _check_tree(cfg, [K])
+    return cfg
 
 
 @app.command("eval")
 def evaluate(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
              draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
              split: str = typer.Option("test", help="test or valid"), K: int = typer.Option(20, "--K"),
-             verify: str = "strict", draft_beams: int = 40, gamma: int = 3, expand: float = EXPAND,
-             depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
+             verify: str = "strict", draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
+             expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
+             tree_budget: Optional[int] = TREE_BUDGET, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
              popularity: bool = typer.Option(True, help="also score the popularity baseline")):
     """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths,
+                                                           temperature, tree_budget),
                            index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
     out = {"recspec": rec.evaluate(examples, K=K)}
@@ -134,13 +156,15 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
               input: str = typer.Option("-", "--input", help="JSON lines {\"history\": [item ids]} ('-': stdin)"),
               draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
               verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)"),
-              draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
-              expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
+              draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
+              expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, tree_budget: Optional[int] = TREE_BUDGET,
+              temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
               seed: int = 0, device: str = "cpu"):
     """Histories in, top-K items (with titles where known) out, as JSON lines."""
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths,
+                                                           temperature, tree_budget),
                            index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
     histories = _read_histories(input)
     res, _ = rec.recommend(histories, K)
@@ -197,8 +221,9 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
           draft: list[str] = typer.Option([], help="draft checkpoint, or NAME=CHECKPOINT ('trie': the model-free trie "
                                                   "drafter); repeat to time several drafts against one AR run (rows carry drafter NAME)"),
           K: list[int] = typer.Option([1, 5, 10, 20], "--K"), batch: list[int] = typer.Option([1, 32], "--batch"),
-          users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
-          expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
+          users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: Optional[int] = DRAFT_BEAMS,
+          gamma: Optional[int] = GAMMA, expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
+          tree_budget: Optional[int] = TREE_BUDGET, temperature: float = TEMPERATURE,
           modes: str = "ar,spec-strict,spec-relaxed,hf", split: str = "test", out: str = "bench/results/topk.json",
           threads: int = 0, device: str = "cpu", cuda_graphs: bool = False,
           compile: bool = typer.Option(False, help="rounds through torch.compile (fixed shapes; captured with --cuda-graphs)"),
@@ -226,7 +251,9 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
                       gamma=gamma, draft_expand=expand, depths=parse_depths(depths),
-                      widths=parse_depths(widths, "widths"), temperature=temperature, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
+                      widths=parse_depths(widths, "widths"), temperature=temperature, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users,
+                      tree_budget=tree_budget)
+    _check_tree(cfg, cfg.Ks)
     hf_model = None
     if "hf" in cfg.modes:
         try:

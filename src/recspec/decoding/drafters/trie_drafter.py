@@ -114,7 +114,8 @@ class TrieDrafter:
             C = child.shape[-1]
             cand = torch.where(child >= 0, scores[..., None] + self.prior[child.clamp(min=0)], NEG_INF)
             pick, score, draws, logq = _select(cand, sample, generator, w, temperature)  # (B, w) into P * C
-            tok = token.flatten(1).gather(1, pick)
+            tok = torch.where(torch.isfinite(score), token.flatten(1).gather(1, pick), 0)  # a missing child's id may
+            #                                                                 lie past the vocabulary: never feed it
             if logq is not None:
                 logq = pad_rows(_to_vocab(logq, token, V), P)  # (B, P, V)
             levels.append((tok, pick // C, torch.isfinite(score), draws, logq))

@@ -198,6 +198,10 @@ def main():
         args.users, args.users_b64, args.hf_users, args.exact_users, args.no_compile = 4, 8, 2, 4, True
         args.big_batch = 4
         args.Ks, args.budget = "10", float("inf")  # the other Ks' blocks run the same code as K=10's
+        if (args.N1, args.gamma1, args.depths1, args.widths1, args.expand1, args.tree_budget1) == (None, None, "auto", "auto", None, None):
+            from recspec.decoding.tree_shape import default_tree_budget
+
+            args.tree_budget1 = default_tree_budget("cuda")  # the GPU run's auto tree, not the CPU's
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
     cat = open_catalog(args.data)

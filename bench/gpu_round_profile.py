@@ -108,10 +108,10 @@ def extra_case(text: str, Ns: list[int], trie, K: int) -> tuple[tuple[int, ...],
     """--widths -> (widths by SID level, N of the tree): the auto shape's, or the given widths in a tree
     as wide as the largest of them and of --N; ((), 0) for ''."""
     from recspec.config import parse_depths
-    from recspec.decoding.tree_shape import auto_shape
+    from recspec.decoding.tree_shape import auto_shape, default_tree_budget
 
-    if text == "auto":
-        shape = auto_shape(trie, K)
+    if text == "auto":  # the GPU's shape, also in --cpu-smoke (which checks the GPU run's logic)
+        shape = auto_shape(trie, K, default_tree_budget("cuda"))
         return shape.widths, shape.N
     widths = parse_depths(text, what="widths")
     return widths, max((*Ns, *widths)) if widths else 0

@@ -4,9 +4,10 @@ on the same models and users; median ms, speedup over AR, acceptance, mismatches
     PYTHONPATH=src python bench/tree_sweep.py --data ../shared/datasets/beauty --target T --draft D \
         --K 10 --grid 20:2:1,40:1:2 --users 100 --out bench/results/tree_sweep_cpu.json
 
-A grid entry is N:gamma:expand, where gamma may be a depth schedule by starting level, e.g. 40:1/3/2:0
-(depth 1 from level 0, 3 from level 1, 2 from level 2 on), or auto[:BUDGET]: the shape derived from the
-catalogue's trie and K (within BUDGET tree nodes per call). Works on the CPU (eager) or CUDA (--cuda-graphs).
+A grid entry is N:gamma:expand[:widths], where gamma may be a depth schedule by starting level, e.g.
+40:1/3/2:0 (depth 1 from level 0, 3 from level 1, 2 from level 2 on) and widths the most nodes per SID
+level, e.g. 40:1/3/2:0:40/16/16; or auto[:BUDGET]: the shape derived from the catalogue's trie and K
+(within BUDGET tree nodes per call). Works on the CPU (eager) or CUDA (--cuda-graphs).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from recspec.recommender import Recommender  # noqa: E402
 
 
 def parse_grid(text: str) -> list[BenchConfig]:
-    """'auto,auto:128,40:2:1,40:1/3/2:0' -> one BenchConfig per entry: the auto shape (default budget, then
-    128), N 40 depth 2 expand 1, and N 40 with depths (1, 3, 2) by starting level, expand 0."""
+    """'auto,auto:128,40:2:1,40:1/3/2:0:40/16' -> one BenchConfig per entry: the auto shape (default budget,
+    then 128), N 40 depth 2 expand 1, and N 40 with depths (1, 3, 2) by starting level, expand 0, at most
+    40 nodes at SID level 1 and 16 at level 2."""
     out = []
     for part in text.split(","):
         try:
@@ -39,11 +41,12 @@ def parse_grid(text: str) -> list[BenchConfig]:
                 budget = part.split(":")[1:]
                 out.append(BenchConfig(tree_budget=int(budget[0]) if budget else None))
                 continue
-            n, g, e = part.split(":")
-            depths = parse_depths(g, "/")
-            out.append(BenchConfig(draft_beams=int(n), gamma=depths[-1], depths=depths, draft_expand=float(e)))
+            n, g, e, *w = part.split(":")
+            depths, widths = parse_depths(g, "/"), parse_depths(w[0], "/", "widths") if w else ()
+            out.append(BenchConfig(draft_beams=int(n), gamma=depths[-1], depths=depths, draft_expand=float(e), widths=widths))
         except (ValueError, IndexError):
-            raise SystemExit(f"--grid entry {part!r}: expected auto, auto:BUDGET or N:gamma:expand, e.g. 40:2:1 or 40:1/3/2:0")
+            raise SystemExit(f"--grid entry {part!r}: expected auto, auto:BUDGET or N:gamma:expand[:widths], e.g. 40:2:1 "
+                             "or 40:1/3/2:0:40/16")
     return out
 
 
@@ -61,7 +64,7 @@ def sweep(target, catalog, draft, examples, K: int, batch: int, grid, users: int
         eng = make_engine("spec-strict", target, draft, catalog, K, cfg, device)
         run = time_calls(engine_call(eng, catalog, examples, device), batches, warmup, device)
         row = row_for("spec-strict", K, batch, run, gt, ar)
-        row.update(shape_columns(tree_shape("spec-strict", K, cfg, catalog)), tree="auto" if entry.draft_beams is None else "given",
+        row.update(shape_columns(tree_shape("spec-strict", K, cfg, catalog, device)), tree="auto" if entry.draft_beams is None else "given",
                    speedup_vs_ar=round(rows[0]["median_ms"] / row["median_ms"], 3))
         rows.append(row)
         print(f"K={K:2d} N={row['draft_beams']:3d} depths={row['depths']:9s} widths={row['widths']:15s} "

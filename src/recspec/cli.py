@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from recspec.config import DEFAULT_TREE_BUDGET, DecodeConfig, TrainConfig
+from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET, DecodeConfig, TrainConfig
 from recspec.errors import RecSpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast generative recommendation with speculative decoding.")
@@ -94,8 +94,8 @@ DEPTHS = typer.Option("auto", help="draft depth by the SID level a round starts 
 TEMPERATURE = typer.Option(1.0, help="relaxed: sample from cumulative log-probs / temperature (-> the top-K search as it -> 0)")
 WIDTHS = typer.Option("auto", help="most drafted nodes per tree level by the SID level it drafts, each <= N, e.g. 128,16,16 "
                                    "(N past the end)")
-TREE_BUDGET = typer.Option(None, help=f"auto shape: most tree nodes per target call [default: {DEFAULT_TREE_BUDGET}]",
-                           show_default=False)
+TREE_BUDGET = typer.Option(None, help="auto shape: most tree nodes per target call "
+                                      f"[default: {GPU_TREE_BUDGET} on a GPU, {CPU_TREE_BUDGET} on a CPU]", show_default=False)
 
 
 def parse_depths(text: str, what: str = "depths") -> tuple[int, ...] | None:

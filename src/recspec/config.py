@@ -74,13 +74,16 @@ class TrainConfig:
     optimizer_state: bool = True  # keep AdamW's state in last/ so the run can resume (False: weights only)
 
 
-# Most tree nodes fed to the target per call (per user) by the auto tree shape (decoding/tree_shape.py).
-# A target pass reads every weight once whatever it is fed, and on a GPU stays bound by those reads up
-# to about peak FLOP/s / memory bandwidth tokens (bf16: 2 FLOPs and 2 bytes per weight per token;
-# H100/H200: 989 TFLOP/s over 3.35-4.8 TB/s, i.e. 200-300 tokens): a tree of a couple of hundred nodes
-# costs about one autoregressive step there. On a CPU every fed node costs, but eager rounds feed only
-# the valid nodes, so there the budget bounds the tree's static shape more than the work of a round.
-DEFAULT_TREE_BUDGET = 256
+# Most tree nodes fed to the target per call (per user) by the auto tree shape (decoding/tree_shape.py),
+# by where the target runs. A pass reads every weight once whatever it is fed; on a GPU it stays bound by
+# those reads up to about peak FLOP/s / memory bandwidth tokens (bf16: 2 FLOPs and 2 bytes per weight
+# per token; H100/H200: 989 TFLOP/s over 3.35-4.8 TB/s, 200-300 tokens), so a tree of a couple of
+# hundred nodes costs about one autoregressive step there. A CPU is compute-bound from the first tokens:
+# every fed node costs about what a pending beam token does, and a call's fixed cost is worth a few
+# dozen tokens at most (the 2-core machine of the README: 'deep' 2.7 ms + 0.08 ms per token, 'small'
+# 2.1 ms + 0.25 ms), so a tree larger than that costs more than the call it saves.
+GPU_TREE_BUDGET = 256
+CPU_TREE_BUDGET = 16
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class DecodeConfig:
     draft_expand: float | None = None  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
     depths: tuple[int, ...] | None = None  # draft depth by the SID level a round starts from (gamma past the end)
     widths: tuple[int, ...] | None = None  # most drafted nodes per tree level, by SID level, each <= N (N past the end)
-    tree_budget: int | None = None  # auto: most tree nodes per target call (None: DEFAULT_TREE_BUDGET)
+    tree_budget: int | None = None  # auto: most tree nodes per target call (None: GPU_ / CPU_TREE_BUDGET)
     temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature (-> top-K as it -> 0)
     verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
     seed: int = 0  # for relaxed verification's sampling

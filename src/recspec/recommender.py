@@ -49,8 +49,8 @@ class Recommender:
         return Recommender(cat, target, draft, cfg, device)
 
     def tree_shape(self, K: int) -> TreeShape | None:
-        """The draft tree at K: auto (from the catalogue's trie) unless cfg gives one; None without a draft."""
-        return shape_for(self.cfg, self.catalog.trie, K) if self.draft is not None else None
+        """The draft tree at K: auto (from the catalogue's trie, for the device) unless cfg gives one; None without a draft."""
+        return shape_for(self.cfg, self.catalog.trie, K, self.device) if self.draft is not None else None
 
     def _engine(self, K: int) -> SpecEngine:
         trie = self.catalog.trie.to(self.device)

@@ -32,7 +32,12 @@ def test_gpu_bench_runs_every_mode_and_writes_rows(shared_datasets, tmp_path):
     assert all(r["mismatches"] == r.get("mismatches_ties_fp32", 0) for r in strict), strict
     assert {r["drafter"] for r in strict if r["batch"] == 1} == {"trie", "ce"}
     trie = next(r for r in strict if r["batch"] == 1 and r["drafter"] == "trie")
-    assert trie["widths"] == "91/24/64/64" and trie["target_calls"] == 2  # level 1 whole, then levels 3-4 whole
+    from recspec.data.catalog import open_catalog
+    from recspec.decoding.tree_shape import auto_shape, default_tree_budget
+
+    shape = auto_shape(open_catalog(str(shared_datasets / "beauty")).trie, 10, default_tree_budget("cuda"))  # batch-1 tree
+    assert shape.depths[0] == 1 and shape.depths[2] == 2  # level 1 whole, then levels 3-4: two calls
+    assert trie["widths"] == "/".join(map(str, shape.widths)) and trie["target_calls"] == 2
     assert set(doc["fp32_exactness"]) == {"trie", "ce"}
     assert all(v["mismatches"] == 0 for v in doc["fp32_exactness"].values())
 

@@ -96,15 +96,18 @@ def reference(catalogs, models):
     return ref
 
 
-CASES = [(name, K, batch, drafter) for name in ("office", "synthetic") for K in KS for batch in BATCHES
-         for drafter in ("trie", "draft")]
+# device: whose default budget the auto shape takes (both run here on the CPU): the GPU's drafts wide
+# trees (level 1 whole where it fits), the CPU's small ones
+CASES = [(name, K, batch, drafter, device) for name in ("office", "synthetic") for K in KS for batch in BATCHES
+         for drafter in ("trie", "draft") for device in ("cuda", "cpu")]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,K,batch,drafter", CASES, ids=[f"{c[0]}-K{c[1]}-b{c[2]}-{c[3]}" for c in CASES])
-def test_strict_with_auto_shapes_equals_beam_search(catalogs, models, reference, name, K, batch, drafter):
+@pytest.mark.parametrize("name,K,batch,drafter,device", CASES,
+                         ids=[f"{c[0]}-K{c[1]}-b{c[2]}-{c[3]}-{c[4]}-budget" for c in CASES])
+def test_strict_with_auto_shapes_equals_beam_search(catalogs, models, reference, name, K, batch, drafter, device):
     cat, (target, draft) = catalogs[name], models[name]
-    shape = shape_for(DecodeConfig(), cat.trie, K)  # the default: auto
+    shape = shape_for(DecodeConfig(), cat.trie, K, device)  # the default: auto
     engine = SpecEngine(target, make_drafter(TRIE if drafter == "trie" else draft, cat.trie, shape.N, shape.expand,
                                              cat.popularity),
                         cat.trie, K=K, N=shape.N, gamma=shape.gamma, depths=shape.depths, widths=shape.widths)

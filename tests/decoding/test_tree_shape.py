@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spec_checks import covered, need, path
 
-from recspec.config import DEFAULT_TREE_BUDGET, DecodeConfig
+from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET, DecodeConfig
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import Vocab
 from recspec.decoding.tree_shape import (CLASSIC, TreeShape, auto_shape, best_widths, check_budget, check_shape,
-                                         cover_cdf, given_shape, plan_rounds, shape_for)
+                                         cover_cdf, default_tree_budget, given_shape, plan_rounds, shape_for)
 
 
 def trie_of(codes: np.ndarray) -> SIDTrie:
@@ -53,7 +53,7 @@ FEW_CODES = tree_codes([[6], [40], [1]])  # fewer level-1 codes than K, many chi
 
 
 def test_wide_root_drafts_level_one_whole_then_the_rest_in_one_round():
-    K, budget = 10, DEFAULT_TREE_BUDGET
+    K, budget = 10, GPU_TREE_BUDGET
     L = WIDE_ROOT.shape[1]
     shape = auto_shape(trie_of(WIDE_ROOT), K, budget)
     check_well_formed(shape, L, K, budget)
@@ -64,7 +64,7 @@ def test_wide_root_drafts_level_one_whole_then_the_rest_in_one_round():
 def test_wide_root_above_narrow_levels_takes_level_one_from_the_target():
     """Two calls either way (level 1 whole, then the rest; or the target's level 1, then one tree for
     levels 2..L): the plan takes the one with fewer nodes."""
-    K, budget = 10, DEFAULT_TREE_BUDGET
+    K, budget = 10, GPU_TREE_BUDGET
     L = WIDE_ROOT_NARROW_BELOW.shape[1]
     shape = auto_shape(trie_of(WIDE_ROOT_NARROW_BELOW), K, budget)
     check_well_formed(shape, L, K, budget)
@@ -72,7 +72,7 @@ def test_wide_root_above_narrow_levels_takes_level_one_from_the_target():
 
 
 def test_narrow_root_drafts_every_level_in_one_round():
-    K, budget = 10, DEFAULT_TREE_BUDGET
+    K, budget = 10, GPU_TREE_BUDGET
     L = NARROW_ROOT.shape[1]
     shape = auto_shape(trie_of(NARROW_ROOT), K, budget)
     check_well_formed(shape, L, K, budget)
@@ -81,7 +81,7 @@ def test_narrow_root_drafts_every_level_in_one_round():
 
 
 def test_narrow_root_without_eos_ends_at_the_last_level():
-    K, budget = 10, DEFAULT_TREE_BUDGET
+    K, budget = 10, GPU_TREE_BUDGET
     L = NARROW_ROOT.shape[1]
     shape = auto_shape(trie_of(NARROW_ROOT), K, budget, eos=False)
     check_well_formed(shape, L, K, budget, eos=False)
@@ -99,7 +99,7 @@ def test_budget_below_the_root_drafts_no_first_level():
 
 
 def test_k_above_the_fan_out_drafts_every_code_and_keeps_n_at_k():
-    K, budget = 20, DEFAULT_TREE_BUDGET
+    K, budget = 20, GPU_TREE_BUDGET
     L = FEW_CODES.shape[1]
     codes1 = len({c[0] for c in FEW_CODES.tolist()})
     assert codes1 < K
@@ -207,8 +207,13 @@ def test_a_budget_is_for_the_auto_shape_only():
 
 def test_configs_resolve_to_the_auto_shape_unless_they_set_one():
     trie, K = trie_of(WIDE_ROOT), 10
-    assert shape_for(DecodeConfig(), trie, K) == auto_shape(trie, K, DEFAULT_TREE_BUDGET)
+    assert shape_for(DecodeConfig(), trie, K) == auto_shape(trie, K, CPU_TREE_BUDGET)  # the target on the CPU
+    assert shape_for(DecodeConfig(), trie, K, device="cuda") == auto_shape(trie, K, GPU_TREE_BUDGET)
     assert shape_for(DecodeConfig(tree_budget=64), trie, K) == auto_shape(trie, K, 64)
     assert shape_for(DecodeConfig(draft_beams=16, gamma=2), trie, K) == TreeShape(16, 2, (), (), CLASSIC.expand)
     with pytest.raises(ValueError, match="--widths 17: 17 is above --draft-beams 16"):
         shape_for(DecodeConfig(draft_beams=16, widths=(17,)), trie, K)
+
+
+def test_the_default_budget_is_the_device_s():
+    assert default_tree_budget("cpu") == CPU_TREE_BUDGET < GPU_TREE_BUDGET == default_tree_budget("cuda")

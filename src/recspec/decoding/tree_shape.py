@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 
-from recspec.config import DEFAULT_TREE_BUDGET
+from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET
 from recspec.data.trie import SIDTrie
 
 
@@ -162,7 +163,7 @@ def shape_from_rounds(rounds: list[Round], first_widths: list[int], K: int, budg
     return TreeShape(N=N, gamma=max(depths[:L], default=0), depths=tuple(depths[:L]), widths=by_level, expand=0.0)
 
 
-def auto_shape(trie: SIDTrie, K: int, budget: int = DEFAULT_TREE_BUDGET, eos: bool = True) -> TreeShape:
+def auto_shape(trie: SIDTrie, K: int, budget: int = GPU_TREE_BUDGET, eos: bool = True) -> TreeShape:
     """The tree shape for this catalogue and K within `budget` tree nodes per target call.
 
     Level 1 is drafted whole when the root's fan-out fits the budget; a deeper level gets the width
@@ -225,13 +226,19 @@ def check_budget(budget: int | None, explicit: bool) -> None:
                          "(--draft-beams / --gamma / --depths / --widths / --expand)")
 
 
-def shape_for(cfg, trie: SIDTrie, K: int, eos: bool = True) -> TreeShape:
+def default_tree_budget(device) -> int:
+    """The auto shape's node budget where the target runs: a GPU's memory-bound pass, or a CPU's."""
+    return CPU_TREE_BUDGET if torch.device(device).type == "cpu" else GPU_TREE_BUDGET
+
+
+def shape_for(cfg, trie: SIDTrie, K: int, device="cpu", eos: bool = True) -> TreeShape:
     """The tree of a run configured by `cfg` (a DecodeConfig or BenchConfig: draft_beams, gamma, depths,
-    widths, draft_expand, tree_budget): auto where it sets no shape field, else the given shape, checked."""
+    widths, draft_expand, tree_budget) with the target on `device`: auto where it sets no shape field
+    (budget: tree_budget, else the device's default), else the given shape, checked."""
     shape = given_shape(cfg.draft_beams, cfg.gamma, cfg.depths, cfg.widths, cfg.draft_expand)
     check_budget(cfg.tree_budget, shape is not None)
     if shape is None:
-        budget = DEFAULT_TREE_BUDGET if cfg.tree_budget is None else cfg.tree_budget
+        budget = default_tree_budget(device) if cfg.tree_budget is None else cfg.tree_budget
         return _cached_auto_shape(trie, K, budget, eos)
     check_shape(shape, K)
     return shape

@@ -39,7 +39,7 @@ class BenchConfig:
     draft_expand: float | None = None  # deeper tree levels extend the draft's best expand*K nodes (0: all N)
     depths: tuple[int, ...] | None = None  # draft depth by the SID level a round starts from (gamma past the end)
     widths: tuple[int, ...] | None = None  # most drafted nodes per tree level, by SID level, each <= N (N past the end)
-    tree_budget: int | None = None  # auto: most tree nodes per target call (None: config.DEFAULT_TREE_BUDGET)
+    tree_budget: int | None = None  # auto: most tree nodes per target call (None: the device's, config.GPU_ / CPU_TREE_BUDGET)
     temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature
     modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
     cuda_graphs: bool = False  # replay captured rounds (CUDA only)
@@ -94,11 +94,12 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
     return call
 
 
-def tree_shape(mode: str, K: int, cfg: BenchConfig, catalog: Catalog) -> TreeShape:
-    """A speculative mode's tree: cfg's (auto where it sets none); relaxed_beams sets N for relaxed where given."""
+def tree_shape(mode: str, K: int, cfg: BenchConfig, catalog: Catalog, device) -> TreeShape:
+    """A speculative mode's tree: cfg's (auto for the device where it sets none); relaxed_beams sets N for
+    relaxed where given."""
     if mode == "spec-relaxed" and cfg.relaxed_beams:
         cfg = replace(cfg, draft_beams=cfg.relaxed_beams)
-    return shape_for(cfg, catalog.trie, K)
+    return shape_for(cfg, catalog.trie, K, device)
 
 
 def shape_columns(shape: TreeShape) -> dict:
@@ -109,7 +110,7 @@ def shape_columns(shape: TreeShape) -> dict:
 
 def make_engine(mode: str, target: Decoder, draft: Decoder | str | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
     trie = catalog.trie.to(device)
-    shape = tree_shape(mode, K, cfg, catalog) if mode != "ar" else no_tree(K)
+    shape = tree_shape(mode, K, cfg, catalog, device) if mode != "ar" else no_tree(K)
     static = cfg.cuda_graphs or cfg.compile  # captured or compiled rounds sample from the global RNG
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
     drafter = make_drafter(draft, trie, shape.N, shape.expand, catalog.popularity) if mode != "ar" else None
@@ -215,7 +216,7 @@ def run_bench(target: Decoder, draft: Decoder | str | dict[str, Decoder | str] |
             new = [row_for(m, K, batch, r, gt, ar if m != "ar" else None, cfg.tie_tol, name) for (m, name), r in runs.items()]
             for r in new:  # the tree each speculative row ran with
                 if r["mode"].startswith("spec"):
-                    r.update(shape_columns(tree_shape(r["mode"], K, cfg, catalog)))
+                    r.update(shape_columns(tree_shape(r["mode"], K, cfg, catalog, device)))
             _speedups(new)
             if reference is not None and ar is not None:
                 for r, run in zip(new, runs.values()):

@@ -8,11 +8,14 @@ verification with any drafter that ranks the trie's valid children (the trie dra
 with expand 0). Where the trie is narrow (deep SID levels) a covered level costs few nodes; where it
 is wide (the root) it may not fit the budget at all.
 
-`auto_shape` plans the rounds as a small dynamic programme over the level a round starts from:
-a round drafting levels l+1..l+d with widths w costs one target call and is accepted with
-probability P(w) (1 where every level is covered), which advances the beams to level l+d+1; else
-they reach l+1 (the target's own level). P is estimated from the trie alone (`cover_cdf`); widths
-are split within the budget to maximise it, with the fewest nodes among the best splits.
+`auto_shape` plans the rounds as a small dynamic programme over the level a round starts from,
+minimising expected target calls: a round drafting levels l+1..l+d with widths w (at most `budget`
+nodes in all) costs one call and is accepted with probability P(w) (1 where every level is covered),
+which advances the beams to level l+d+1; else they reach l+1 at least (the target's own level; the
+plan counts l+1). P is estimated from the trie alone (`cover_cdf`); widths are split within the
+budget to maximise it, with the fewest nodes among the best splits. The budget is the device's
+(config.GPU_TREE_BUDGET, CPU_TREE_BUDGET) unless given: on a GPU a pass of a few hundred tokens costs
+about one step, so wide covered trees pay; on a CPU every node costs, so only small trees do.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import torch
 
 from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET
 from recspec.data.trie import SIDTrie
-
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from recspec.config import ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.data.vocab import build_prompts  # noqa: E402
 from recspec.decoding.beam_search import beam_search  # noqa: E402
-from recspec.evaluation.bench import BenchConfig, draft_beams, make_engine, run_bench  # noqa: E402
+from recspec.evaluation.bench import BenchConfig, make_engine, run_bench  # noqa: E402
 from recspec.evaluation.evaluate import evaluate  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
 from recspec.models.hf import load_checkpoint  # noqa: E402
@@ -81,12 +81,12 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, 
     return best, best32
 
 
-def fp32_exactness(target32, draft32: "Decoder | str", cat, examples, K: int, users: int, N: int, gamma: int, expand: float,
-                   depths: tuple[int, ...], widths: tuple[int, ...]) -> dict:
-    """AR vs strict speculative beam search, both graph-replayed, in fp32 (TF32 off) on the GPU: lists must match."""
+def fp32_exactness(target32, draft32: "Decoder | str", cat, examples, K: int, users: int, shape: dict) -> dict:
+    """AR vs strict speculative beam search, both graph-replayed, in fp32 (TF32 off) on the GPU: lists must match.
+    shape: BenchConfig's tree fields (none set: the auto shape)."""
     from gpu_exactness import exactness, true_fp32
 
-    cfg = BenchConfig(cuda_graphs=DEV == "cuda", draft_beams=N, gamma=gamma, draft_expand=expand, depths=depths, widths=widths)
+    cfg = BenchConfig(cuda_graphs=DEV == "cuda", **shape)
     with true_fp32():
         return {"K": K, **exactness(target32, draft32, cat, examples, K, 1, users, cfg, DEV)}
 
@@ -128,9 +128,8 @@ def smoke(cat, examples):
                             intermediate_size=64)).to(DEV).eval()
     prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:8]]).to(DEV)
     ref = beam_search(t, cat.trie.to(DEV), prompts, 10).sids
-    trie_tree = BenchConfig(draft_beams=96, gamma=2, draft_expand=0.0, depths=(1, 2, 2), widths=(91, 24, 64, 64))
-    for graphs in (False, True) if DEV == "cuda" else (False,):
-        for drafter, cfg in ((d, BenchConfig(draft_beams=20)), ("trie", trie_tree)):
+    for graphs in (False, True) if DEV == "cuda" else (False,):  # the draft model in a small uniform tree, the trie in auto
+        for drafter, cfg in ((d, BenchConfig(draft_beams=20)), ("trie", BenchConfig())):
             eng = make_engine("spec-strict", t, drafter, cat, 10, replace(cfg, cuda_graphs=graphs), DEV)
             for _ in range(2):
                 res, _ = eng.run(prompts)
@@ -185,12 +184,14 @@ def main():
     ap.add_argument("--big-batch", type=int, default=64, help="users per call of the throughput blocks")
     ap.add_argument("--hf-users", type=int, default=30)
     ap.add_argument("--Ks", default="1,5,10,20")
-    ap.add_argument("--N1", type=int, default=96, help="draft beams at batch 1 (a wide tree is cheap there)")
+    # batch-1 tree: auto (from the catalogue's trie, K and --tree-budget1) unless any of --N1 .. --expand1 is given
+    ap.add_argument("--N1", type=int, default=None, help="draft beams at batch 1 (default: auto)")
     ap.add_argument("--gamma", type=int, default=3)
-    ap.add_argument("--gamma1", type=int, default=2, help="draft depth at batch 1")
-    ap.add_argument("--depths1", default="1,2,2", help="batch-1 draft depth by the SID level a round starts from")
-    ap.add_argument("--widths1", default="91,24,64,64", help="batch-1 tree widths by SID level (91: every level-1 code)")
-    ap.add_argument("--expand1", type=float, default=0.0)
+    ap.add_argument("--gamma1", type=int, default=None, help="draft depth at batch 1 (default: auto)")
+    ap.add_argument("--depths1", default="auto", help="batch-1 draft depth by the SID level a round starts from")
+    ap.add_argument("--widths1", default="auto", help="batch-1 tree widths by SID level")
+    ap.add_argument("--expand1", type=float, default=None, help="batch-1 expand (default: auto)")
+    ap.add_argument("--tree-budget1", type=int, default=None, help="batch-1 auto tree: most nodes per target call")
     ap.add_argument("--lr", type=float, default=6e-4, help="target learning rate")
     ap.add_argument("--target-epochs", type=int, default=4)
     ap.add_argument("--exact-users", type=int, default=100, help="users of the fp32 exactness check")
@@ -212,6 +213,10 @@ def main():
         args.users, args.users_b64, args.hf_users, args.exact_users, args.no_compile = 4, 8, 2, 4, True
         args.big_batch = 4
         args.Ks = "10"  # the other Ks' blocks run the same code as K=10's
+        if (args.N1, args.gamma1, args.depths1, args.widths1, args.expand1, args.tree_budget1) == (None, None, "auto", "auto", None, None):
+            from recspec.decoding.tree_shape import default_tree_budget
+
+            args.tree_budget1 = default_tree_budget("cuda")  # the GPU run's auto tree, not the CPU's
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
     cat = open_catalog(args.data)
@@ -224,9 +229,9 @@ def main():
     dcfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, warmup_steps=30, eval_users=300, max_steps=args.draft_steps)
     draft, draft32 = train_model(cat, DRAFT, os.path.join(runs, "draft"), dcfg, 1)
     shutil.rmtree(runs, ignore_errors=True)  # the models are in memory; a 3B checkpoint fills the device's disk
-    from recspec.config import parse_depths
+    from recspec.config import parse_shape_list
 
-    depths1, widths1 = parse_depths(args.depths1), parse_depths(args.widths1, what="widths")
+    depths1, widths1 = parse_shape_list(args.depths1, "depths"), parse_shape_list(args.widths1, "widths")
     tp, dp = target.cfg.num_parameters(), draft.cfg.num_parameters()
     log(f"target {tp / 1e6:.1f}M params, draft {dp / 1e6:.2f}M ({tp / dp:.0f}x)")
     from recspec.evaluation.hf_baseline import to_transformers
@@ -234,9 +239,10 @@ def main():
     hf = to_transformers(target)
     Ks = tuple(int(k) for k in args.Ks.split(","))
     rest = tuple(k for k in Ks if k != 10)
-    # tree shapes: batch 1 holds every level-1 code, then levels 3-4 whole (the trie drafter enumerates them);
-    # batch 64 (compute-bound) a small model-drafted tree
-    b1 = dict(draft_beams=args.N1, gamma=args.gamma1, draft_expand=args.expand1, depths=depths1, widths=widths1)
+    # tree shapes: batch 1 the auto shape (levels drafted whole where they fit the budget: the trie drafter
+    # enumerates them); batch 64 (compute-bound) a small model-drafted tree
+    b1 = dict(draft_beams=args.N1, gamma=args.gamma1, draft_expand=args.expand1, depths=depths1, widths=widths1,
+              tree_budget=args.tree_budget1)
     b64 = dict(draft_beams=40, gamma=args.gamma, draft_expand=2.0, depths=(), widths=(), relaxed_beams=args.relaxed_beams)
     both, trie_only, ce_only = {"trie": "trie", "ce": draft}, {"trie": "trie"}, {"ce": draft}
     strict_hf, relaxed = ("ar", "spec-strict", "hf"), ("ar", "spec-relaxed")
@@ -269,9 +275,6 @@ def main():
             new = []
         for r in new:
             r.update(compiled=b.compiled, block=b.label)
-            if r.get("drafter"):
-                r.update(draft_beams=draft_beams(r["mode"], r["K"], cfg), gamma=b.shape["gamma"], expand=b.shape["draft_expand"],
-                         depths="/".join(map(str, b.shape["depths"])), widths="/".join(map(str, b.shape["widths"])))
             if r["mode"] == "spec-relaxed":
                 r["temperature"] = args.temperature
         rows += new
@@ -285,8 +288,8 @@ def main():
         write_results(rows, os.path.join(args.out, "gpu_topk_partial.json"), DEV, command="partial", extra={})
     profile = kernel_profile(target, cat, test, 10, not args.no_compile)
     log("AR call kernel profile:", json.dumps(profile))
-    exact = {name: fp32_exactness(target32, d32, cat, test, 10, args.exact_users, args.N1, args.gamma1, args.expand1,
-                                  depths1, widths1) for name, d32 in (("trie", "trie"), ("ce", draft32))}
+    exact = {name: fp32_exactness(target32, d32, cat, test, 10, args.exact_users, b1)
+             for name, d32 in (("trie", "trie"), ("ce", draft32))}
     log("fp32 exactness on the GPU (graph replay, b=1):", exact)
     extra = {"target_params": tp, "draft_params": dp, "copy_bandwidth_GBps": round(bw / 1e9, 1), "fp32_exactness": exact,
              "target_shape": TARGET, "draft_shape": DRAFT, "ar_call_profile": profile, "blocks": [b.label for b in blocks],

@@ -29,11 +29,11 @@ from recspec.training.train import train  # noqa: E402
 
 TARGET = dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=1376)
 DRAFT = dict(hidden_size=128, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=344)
-# (label, K, batch, users, BenchConfig overrides): the benchmark's batch-1 tree and its batch-64 tree
+# (label, K, batch, users, BenchConfig overrides): the benchmark's batch-1 tree (auto: from the catalogue's
+# trie and K) and its batch-64 tree
 CASES = [
-    ("b1-widths", 10, 1, 400, dict(draft_beams=96, gamma=2, draft_expand=0.0, depths=(1, 2, 2), widths=(91, 24, 64, 64))),
-    ("b1-widths-compiled", 10, 1, 400, dict(draft_beams=96, gamma=2, draft_expand=0.0, depths=(1, 2, 2),
-                                            widths=(91, 24, 64, 64), compile=True)),
+    ("b1-auto", 10, 1, 400, dict()),
+    ("b1-auto-compiled", 10, 1, 400, dict(compile=True)),
     ("b1-N40", 20, 1, 400, dict(draft_beams=40, gamma=3)),
     ("b32-N40", 10, 32, 1024, dict(draft_beams=40, gamma=3)),
 ]

@@ -104,6 +104,19 @@ def profile_round(eng: SpecEngine, first: bool, d: int, widths=None) -> dict:
     return out
 
 
+def extra_case(text: str, Ns: list[int], trie, K: int) -> tuple[tuple[int, ...], int]:
+    """--widths -> (widths by SID level, N of the tree): the auto shape's, or the given widths in a tree
+    as wide as the largest of them and of --N; ((), 0) for ''."""
+    from recspec.config import parse_depths
+    from recspec.decoding.tree_shape import auto_shape, default_tree_budget
+
+    if text == "auto":  # the GPU's shape, also in --cpu-smoke (which checks the GPU run's logic)
+        shape = auto_shape(trie, K, default_tree_budget("cuda"))
+        return shape.widths, shape.N
+    widths = parse_depths(text, what="widths")
+    return widths, max((*Ns, *widths)) if widths else 0
+
+
 def engine_round_ms(eng: SpecEngine, first: bool, d: int, widths) -> float:
     """The engine's own captured graph of one round (compiled or not), replayed: median ms."""
     graph = eng._graphs[("profiled", first, d, widths)] = eng._capture(first, d, widths)  # alive: graphs share a pool
@@ -133,7 +146,8 @@ def main() -> None:
     ap.add_argument("--K", type=int, default=10)
     ap.add_argument("--N", type=int, nargs="+", default=[16, 40, 128])
     ap.add_argument("--target", default="", help="target shape as JSON (default: the benchmark's 556M)")
-    ap.add_argument("--widths", default="", help="tree widths by SID level for an extra spec case, e.g. 91,48,24,16")
+    ap.add_argument("--widths", default="auto", help="tree widths by SID level for an extra spec case: 'auto' (the "
+                                                     "catalogue's auto shape at --K), e.g. 128,16,16, or '' (none)")
     ap.add_argument("--compile", action="store_true", help="also time compiled rounds (whole rounds only)")
     ap.add_argument("--phases", action="store_true", help="per-phase split of eager-graph rounds")
     ap.add_argument("--cpu-smoke", action="store_true", help="check the script's logic on the CPU: eager, tiny models")
@@ -158,7 +172,7 @@ def main() -> None:
     draft = Decoder(ModelConfig(vocab_size=V, **DRAFT)).to(dev).to(dtype).eval().fuse_for_inference()
     prompts = build_prompts(cat.vocab, cat.index, [list(cat.data.test)[0].history]).to(dev)
     width = 1 + HISTORY_LEN * (trie.num_levels + 1)
-    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else ()
+    widths, wide_N = extra_case(args.widths, args.N, cat.trie, args.K)
     graphs = not args.cpu_smoke
     rows = []
 
@@ -184,7 +198,7 @@ def main() -> None:
             r2["setup_s"] = round(time.perf_counter() - t0, 1)
             rows += [r, r2]
             print(r, "\n", r2, flush=True)
-            cases = [(N, ()) for N in args.N] + ([(max(args.N), widths)] if widths else [])
+            cases = [(N, ()) for N in args.N] + ([(wide_N, widths)] if widths else [])
             if compile:  # compiling takes a while per round shape: the last case only
                 cases = cases[-1:]
             for N, ws in cases:

@@ -203,7 +203,7 @@ def _bad_input_cases(toy) -> list[tuple[list[str], str, str]]:
         (bench + ["--K", str(NUM_ITEMS + 1), "--modes", "ar"], "", f"--K {NUM_ITEMS + 1}: above"),
         (rec + ["--verify", "bogus", "--draft", "trie"], hist, "'--verify': 'bogus' is not one of strict, relaxed"),
         (ev + ["--verify", "bogus"], "", "'--verify': 'bogus' is not one of strict, relaxed"),
-        (rec + ["--draft", "trie", "--widths", "0,1"], hist, "--widths '0,1': 0 is not a width"),
+        (rec + ["--draft", "trie", "--widths", "0,1"], hist, "--widths 0,1: 0 is below 1"),
         (bench + ["--K", "2", "--modes", "ar,bogus"], "", "--modes 'ar,bogus': 'bogus' is not one of"),
         (bench + ["--K", "2", "--modes", "ar,spec-strict"], "", "spec-strict needs --draft"),
         (ev + ["--split", "bogus"], "", "'--split': 'bogus' is not one of test, valid"),
@@ -248,3 +248,48 @@ def test_bench_writes_under_runs_and_its_table_fits_80_columns(toy, tmp_path, mo
     assert header[:4] == ["drafter", "mode", "K", "b"] and "R@K" in header
     for r, line in zip(rows, table[1:]):  # one line per row, in order, holding its numbers
         assert f"{r['median_ms']:.2f}" in line and f"{r['recall@' + str(r['K'])]:.4f}" in line
+
+
+# --- tree shapes -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags,message", [
+    (["--draft-beams", "4", "--widths", "9"], "error: --widths 9: 9 is above --draft-beams 4"),
+    (["--widths", "3,0"], "error: --widths 3,0: 0 is below 1"),
+    (["--draft-beams", "2"], "error: --draft-beams 2 is below --K 3"),
+    (["--gamma", "2", "--tree-budget", "64"], "error: --tree-budget 64 sizes the auto shape"),
+])
+def test_a_tree_that_cannot_be_honoured_is_a_one_line_error(toy, monkeypatch, capsys, flags, message):
+    monkeypatch.setattr("sys.argv", ["recspec", "recommend", str(toy / "data"), "--model", str(toy / "target"),
+                                     "--K", "3", "--draft", "trie", *flags])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(message)
+
+
+def test_eval_and_bench_default_to_the_auto_tree(toy):
+    """No shape flag: the catalogue's auto shape for the device. With a budget holding every prefix of the
+    toy trie, one tree from the root is accepted whatever the target: one call per user, AR's metrics.
+    Bench rows name the tree they ran."""
+    from recspec.config import CPU_TREE_BUDGET
+    from recspec.data.catalog import open_catalog
+    from recspec.decoding.tree_shape import auto_shape
+
+    cat = open_catalog(str(toy / "data"))
+    K, L = 3, cat.trie.num_levels
+    prefixes = int((cat.trie.depth >= 1).sum() - (cat.trie.depth > L).sum())  # states at SID levels 1..L
+    assert auto_shape(cat.trie, K, prefixes).depths[0] == L  # every level in the first round
+    ev = ["eval", str(toy / "data"), "--model", str(toy / "target"), "--K", str(K), "--users", "6", "--no-popularity"]
+    runs = [CliRunner().invoke(cli.app, args) for args in (ev, ev + ["--draft", "trie", "--tree-budget", str(prefixes)])]
+    assert all(r.exit_code == 0 for r in runs), "".join(r.output for r in runs)
+    ar, spec = (json.loads(r.output)["recspec"] for r in runs)
+    assert ar["target_calls"] == L + 1 and spec["target_calls"] == 1
+    assert {k: v for k, v in spec.items() if "@" in k} == {k: v for k, v in ar.items() if "@" in k}
+    out = toy / "bench_auto.json"
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie",
+                                       "--K", str(K), "--batch", "1", "--users", "4", "--warmup", "1",
+                                       "--modes", "ar,spec-strict", "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    shape = auto_shape(cat.trie, K, CPU_TREE_BUDGET)  # the default where the target runs on the CPU
+    spec_row = next(r for r in json.loads(out.read_text())["rows"] if r["mode"] == "spec-strict")
+    assert spec_row["widths"] == "/".join(map(str, shape.widths)) and spec_row["draft_beams"] == shape.N
+    assert spec_row["mismatches"] == 0

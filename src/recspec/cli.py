@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from recspec.config import DecodeConfig, TrainConfig
+from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET, DecodeConfig, TrainConfig
 from recspec.errors import RecSpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast generative recommendation with speculative decoding.")
@@ -150,32 +150,49 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
                       "stop_reason": res.stop_reason, "seconds": round(res.seconds, 1)}))
 
 
-EXPAND = typer.Option(2.0, help="deeper tree levels extend only the draft's best expand*K nodes (0: all N)")
-DEPTHS = typer.Option("", help="draft depth by the SID level a round starts from, e.g. 1,3,2 (gamma past the end)")
+# The draft tree: every shape flag at auto (the default) derives it from the catalogue's trie, K and --tree-budget;
+# setting any of them gives an explicit shape (the unset ones: N 40, gamma 3, expand 2, no depths / widths).
+DRAFT_BEAMS = typer.Option(None, help="N: most draft nodes per tree level, >= K [default: auto]", show_default=False)
+GAMMA = typer.Option(None, help="draft depth: levels drafted per round [default: auto]", show_default=False)
+EXPAND = typer.Option(None, help="deeper tree levels extend only the draft's best expand*K nodes (0: all N) [default: auto]",
+                      show_default=False)
+DEPTHS = typer.Option("auto", help="draft depth by the SID level a round starts from, e.g. 1,3,2 (gamma past the end)")
 TEMPERATURE = typer.Option(1.0, help="relaxed: sample from cumulative log-probs / temperature (-> the top-K search as it -> 0)")
-WIDTHS = typer.Option("", help="most drafted nodes per tree level by the SID level it drafts, e.g. 91,64,24,16 (N past the end)")
+WIDTHS = typer.Option("auto", help="most drafted nodes per tree level by the SID level it drafts, each <= N, e.g. 128,16,16 "
+                                   "(N past the end)")
+TREE_BUDGET = typer.Option(None, help="auto shape: most tree nodes per target call "
+                                      f"[default: {GPU_TREE_BUDGET} on a GPU, {CPU_TREE_BUDGET} on a CPU]", show_default=False)
 
 
-def parse_depths(text: str, what: str = "depths") -> tuple[int, ...]:
-    """--depths '1,3,2' -> (1, 3, 2) (also --widths); a bad entry is a one-line error naming it."""
-    from recspec.config import parse_depths as parse
+def parse_depths(text: str, what: str = "depths") -> tuple[int, ...] | None:
+    """--depths '1,3,2' -> (1, 3, 2) (also --widths); 'auto' -> None; a bad entry is a one-line error naming it."""
+    from recspec.config import parse_shape_list
 
     try:
-        out = parse(text, what=what)
+        return parse_shape_list(text, what=what)
     except ValueError as e:
         raise RecSpecError(f"--{e}") from None
-    if what == "widths" and any(w < 1 for w in out):
-        raise RecSpecError(f"--widths {text!r}: 0 is not a width (a tree level holds at least one node)")
-    return out
 
 
-def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, depths="", widths="",
-                temperature=1.0) -> DecodeConfig:
+def _check_tree(cfg, Ks) -> None:
+    """An explicit tree shape the engine cannot honour (at any of the K), or a bad --tree-budget: one-line error."""
+    from recspec.decoding.tree_shape import check_budget, check_shape, given_shape
+
+    shape = given_shape(cfg.draft_beams, cfg.gamma, cfg.depths, cfg.widths, cfg.draft_expand)
+    _checked(check_budget, cfg.tree_budget, shape is not None)
+    for K in Ks if shape is not None else ():
+        _checked(check_shape, shape, K)
+
+
+def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=None, depths="auto", widths="auto",
+                temperature=1.0, tree_budget=None) -> DecodeConfig:
     if not temperature > 0:
         raise RecSpecError(f"--temperature {temperature}: must be > 0")
-    return DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
-                        draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
-                        temperature=temperature)
+    cfg = DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
+                       draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
+                       temperature=temperature, tree_budget=tree_budget)
+    _check_tree(cfg, [K])
+    return cfg
 
 
 @app.command("eval")
@@ -184,15 +201,16 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
              split: str = typer.Option("test", help="test or valid", callback=_one_of(*SPLITS)),
              K: int = typer.Option(20, "--K", callback=_positive),
              verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
-             draft_beams: int = 40, gamma: int = 3, expand: float = EXPAND,
-             depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
+             draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
+             expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
+             tree_budget: Optional[int] = TREE_BUDGET, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
              popularity: bool = typer.Option(True, help="also score the popularity baseline")):
     """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
     _check_draft(verify, draft)
-    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature)
+    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
     _check_K(K, rec.catalog)
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
@@ -208,16 +226,17 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
                                         "ids as the dataset's interaction files write them"),
               draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
               verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
-              draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
-              expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
-              K: int = typer.Option(10, "--K", callback=_positive), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
+              draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
+              expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, tree_budget: Optional[int] = TREE_BUDGET,
+              temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K", callback=_positive), batch_size: int = 32,
+              index_dir: Optional[str] = INDEX_DIR,
               seed: int = 0, device: str = "cpu"):
     """Histories in, top-K distinct items (with titles where known) out, as JSON lines; item ids in and
     out are the dataset's own (sequential_*.txt: 1-based, LC-Rec inter.json: 0-based, RecBole: .inter tokens)."""
     from recspec.recommender import Recommender
 
     _check_draft(verify, draft)
-    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature)
+    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget)
     names, histories = _read_histories(input)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
     _check_K(K, rec.catalog)
@@ -287,8 +306,9 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
                                                   "drafter); repeat to time several drafts against one AR run (rows carry drafter NAME)"),
           K: list[int] = typer.Option([1, 5, 10, 20], "--K", callback=_positive),
           batch: list[int] = typer.Option([1, 32], "--batch", callback=_positive),
-          users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: int = 40, gamma: int = 3,
-          expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE,
+          users: int = 200, hf_users: int = 0, warmup: int = 3, draft_beams: Optional[int] = DRAFT_BEAMS,
+          gamma: Optional[int] = GAMMA, expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
+          tree_budget: Optional[int] = TREE_BUDGET, temperature: float = TEMPERATURE,
           modes: str = typer.Option("ar,spec-strict,spec-relaxed,hf", help=f"comma-separated, of {', '.join(BENCH_MODES)}"),
           split: str = typer.Option("test", help="test or valid", callback=_one_of(*SPLITS)),
           out: str = typer.Option("runs/bench/topk.json", help="results JSON (a PNG is written beside it)"),
@@ -323,7 +343,8 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
                       gamma=gamma, draft_expand=expand, **shape, temperature=temperature, modes=mode_list,
-                      cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
+                      cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users, tree_budget=tree_budget)
+    _check_tree(cfg, cfg.Ks)
     hf_model = None
     if "hf" in cfg.modes:
         try:

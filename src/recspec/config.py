@@ -74,20 +74,41 @@ class TrainConfig:
     optimizer_state: bool = True  # keep AdamW's state in last/ so the run can resume (False: weights only)
 
 
+# Most tree nodes fed to the target per call (per user) by the auto tree shape (decoding/tree_shape.py),
+# by where the target runs. A pass reads every weight once whatever it is fed; on a GPU it stays bound by
+# those reads up to about peak FLOP/s / memory bandwidth tokens (bf16: 2 FLOPs and 2 bytes per weight
+# per token; H100/H200: 989 TFLOP/s over 3.35-4.8 TB/s, 200-300 tokens), so a tree of a couple of
+# hundred nodes costs about one autoregressive step there. A CPU is compute-bound from the first tokens:
+# every fed node costs about what a pending beam token does, and a call's fixed cost is worth a few
+# dozen tokens at most (the 2-core machine of the README: 'deep' 2.7 ms + 0.08 ms per token, 'small'
+# 2.1 ms + 0.25 ms), so a tree larger than that costs more than the call it saves.
+GPU_TREE_BUDGET = 256
+CPU_TREE_BUDGET = 16
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How recommendations are decoded."""
 
     K: int = 10  # target beams = items returned per user
     batch_size: int = 32  # users decoded together
-    draft_beams: int = 40  # N >= K beams the draft proposes (speculative modes)
-    gamma: int = 3  # draft depth: levels drafted per round
-    draft_expand: float = 2.0  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
-    depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
-    widths: tuple[int, ...] = ()  # most drafted nodes per tree level, by SID level (N past the end)
+    # The draft tree (speculative modes). All five None (the default): auto, the shape derived from the
+    # catalogue's trie, K and tree_budget (decoding/tree_shape.py). Any one set: an explicit shape, whose
+    # unset fields take the classic values (N 40, gamma 3, expand 2, no depths or widths).
+    draft_beams: int | None = None  # N >= K nodes per tree level
+    gamma: int | None = None  # draft depth: levels drafted per round
+    draft_expand: float | None = None  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
+    depths: tuple[int, ...] | None = None  # draft depth by the SID level a round starts from (gamma past the end)
+    widths: tuple[int, ...] | None = None  # most drafted nodes per tree level, by SID level, each <= N (N past the end)
+    tree_budget: int | None = None  # auto: most tree nodes per target call (None: GPU_ / CPU_TREE_BUDGET)
     temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature (-> top-K as it -> 0)
     verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
     seed: int = 0  # for relaxed verification's sampling
+
+
+def parse_shape_list(text: str, what: str) -> tuple[int, ...] | None:
+    """--depths / --widths: 'auto' -> None (DecodeConfig's auto shape); else `parse_depths`."""
+    return None if text.strip() == "auto" else parse_depths(text, what=what)
 
 
 def parse_depths(text: str, sep: str = ",", what: str = "depths") -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from recspec.decoding.beam_search import BeamResult
 from recspec.decoding.drafters import TRIE, make_drafter
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.stats import SpecStats
+from recspec.decoding.tree_shape import TreeShape, no_tree, shape_for
 from recspec.evaluation.evaluate import length_batches, target_sids
 from recspec.evaluation.metrics import DEFAULT_KS, ranking_metrics
 from recspec.models.decoder import Decoder
@@ -63,14 +64,19 @@ class Recommender:
             check_fits(dmeta, cat.vocab, cat.index.fingerprint(), draft_dir)
         return Recommender(cat, target, draft, cfg, device)
 
+    def tree_shape(self, K: int) -> TreeShape | None:
+        """The draft tree at K: auto (from the catalogue's trie, for the device) unless cfg gives one; None without a draft."""
+        return shape_for(self.cfg, self.catalog.trie, K, self.device) if self.draft is not None else None
+
     def _engine(self, K: int) -> SpecEngine:
         trie = self.catalog.trie.to(self.device)
-        drafter = make_drafter(self.draft, trie, max(self.cfg.draft_beams, K), self.cfg.draft_expand,
+        shape = self.tree_shape(K) or no_tree(K)
+        drafter = make_drafter(self.draft, trie, shape.N, shape.expand,
                                self.catalog.popularity) if self.draft is not None else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        return SpecEngine(self.target, drafter, trie, K=K, N=max(self.cfg.draft_beams, K), gamma=self.cfg.gamma,
-                          verify=self.cfg.verify, generator=gen, depths=self.cfg.depths,
-                          widths=self.cfg.widths, temperature=self.cfg.temperature)
+        return SpecEngine(self.target, drafter, trie, K=K, N=shape.N, gamma=shape.gamma,
+                          verify=self.cfg.verify, generator=gen, depths=shape.depths,
+                          widths=shape.widths, temperature=self.cfg.temperature)
 
     def recommend(self, histories: Sequence[Sequence[int | str]], K: int | None = None,
                   names: Sequence[str] | None = None) -> tuple[Recommendations, SpecStats]:

@@ -4,6 +4,7 @@ returned items and acceptance bookkeeping. The fixtures built from it live in co
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts, Vocab
 from recspec.decoding.beam_search import BeamResult
 from recspec.decoding.stats import SpecStats
+from recspec.decoding.tree_shape import TreeShape
 
 NUM_USERS = 200  # first Beauty test users decoded in batches of BATCH
 BATCH = 32
@@ -59,6 +61,18 @@ def check_items(trie: SIDTrie, vocab: Vocab, res: BeamResult) -> None:
     assert torch.equal(res.codes, tokens)
 
 
+def tie_swapped(got: BeamResult, want: BeamResult, tol: float) -> torch.Tensor:
+    """(B,) bool: users whose list differs from the reference's only in the order of tied items. Ranks
+    whose reference scores lie within `tol` of the rank above form one run, whose items may come in
+    either order (the two searches round differently: an fp32 tie is ordered by rounding); every other
+    difference (another item, another run) leaves the user False."""
+    gap = (want.scores[:, :-1] - want.scores[:, 1:]).abs() > tol  # (B, K - 1) a new run starts
+    run = torch.cat([torch.zeros_like(gap[:, :1]), gap], dim=1).long().cumsum(dim=1)  # (B, K)
+    span = int(max(want.sids.max(), got.sids.max())) + 2
+    key = lambda sids: (run * span + sids + 1).sort(dim=1).values  # noqa: E731
+    return (got.sids != want.sids).any(dim=1) & (key(got.sids) == key(want.sids)).all(dim=1)
+
+
 def levels_table(stats: SpecStats, L: int, gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Accepted levels (B, R) (-1: user inactive) and each user's level at the start of each round
     (B, R), checking the bookkeeping: 0 <= accepted <= min(gamma, L - level), every active round
@@ -85,3 +99,28 @@ def levels_table(stats: SpecStats, L: int, gamma: int) -> tuple[torch.Tensor, to
 def outcome_counts(res: BeamResult, U: int) -> np.ndarray:
     """(U * U,) counts of the ordered K = 2 lists (best first) over the rows."""
     return np.bincount((res.sids[:, 0] * U + res.sids[:, 1]).numpy(), minlength=U * U)
+
+
+# --- tree shapes ------------------------------------------------------------------------------------------
+def need(codes: np.ndarray, K: int, l: int, m: int) -> int:
+    """Brute force: the most depth-m prefixes under any min(K, P_l) distinct depth-l prefixes."""
+    under: dict[tuple, set] = defaultdict(set)
+    for c in codes.tolist():
+        under[tuple(c[:l])].add(tuple(c[:m]))
+    return sum(sorted(map(len, under.values()), reverse=True)[:K])
+
+
+def path(shape: TreeShape, L: int, eos: bool = True) -> list[tuple[int, int]]:
+    """(start level, depth) of the rounds taken when every tree is accepted (the engine's loop)."""
+    out, level = [], 0
+    while level < (L + 1 if eos else L):
+        d = min(shape.depths[level] if level < len(shape.depths) else shape.gamma, L - level)
+        out.append((level, d))
+        level += d + 1
+    return out
+
+
+def covered(shape: TreeShape, codes: np.ndarray, K: int, eos: bool = True) -> bool:
+    """Every level of every round on the path holds the descendants of any K beams of its start level."""
+    return all(shape.widths[m - 1] >= need(codes, K, l, m)
+               for l, d in path(shape, codes.shape[1], eos) for m in range(l + 1, l + d + 1))

@@ -414,3 +414,26 @@ def test_popularity_prior_refuses_unknown_items():
     trie = build_trie(TOY, Vocab.for_index(TOY))
     with pytest.raises(ValueError, match=r"history 1 holds item 99"):
         popularity_prior(trie, [[0, 1], [2, 99]])
+
+
+def test_a_tree_wider_than_the_children_feeds_only_vocabulary_tokens(make_decoder):
+    """With the first level the widest (5 codes, then 1-2 per prefix), the id a missing level-2 child
+    would have lies past the vocabulary. A tree holding the 5 codes, then 16 nodes (7 children: most
+    of its other candidates are such ids) drafts none of them, so the target (fed up to the last valid
+    node of any user) reads only real tokens, and strict equals beam search."""
+    codes = np.array([[a, b] for a in range(5) for b in range(a % 2 + 1)])
+    index = SIDIndex(codes=codes, level_sizes=(5, 2), prefixes=("a", "b"))
+    vocab = Vocab.for_index(index)
+    trie = build_trie(index, vocab)
+    assert int(trie.level_offset[1]) + trie.next_state.shape[1] > vocab.size  # such ids exist
+    target, K, N = make_decoder(vocab, seed=3), 2, 16
+    prompts = build_prompts(vocab, index, [[0, 1], [3], [2, 4, 5]])
+    drafter = TrieDrafter(trie, N)
+    widths = (int((trie.depth == 1).sum()), N)
+    engine = SpecEngine(target, drafter, trie, K=K, N=N, gamma=2, widths=widths)
+    engine._load(prompts)
+    tree = drafter.propose(_frontier(engine.beams, engine.lay, False), 2, False, None, widths)
+    assert (~tree.valid).any() and ((tree.tokens >= 0) & (tree.tokens < vocab.size)).all()
+    got, _ = engine.run(prompts)
+    want = beam_search(target, trie, prompts, K)
+    assert torch.equal(got.sids, want.sids)

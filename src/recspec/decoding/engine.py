@@ -33,9 +33,10 @@ class SpecEngine:
         user has produced l levels; gamma past its end). Wide top levels, where a draft is seldom
         right, can get a shallow tree and narrow deep levels, which a tree covers whole, a deep one.
         widths: most drafted nodes per tree level by the SID level it drafts (widths[l - 1] for level
-        l; N past its end, and never above N). Level 1 has as many codes as the trie's root has
-        children, so a tree that holds them all is always accepted there; deep levels branch little.
-        The target is fed only these widths, also under graphs.
+        l; N past its end; each in 1..N, a wider one is refused). Level 1 has as many codes as the
+        trie's root has children, so a tree that holds them all is always accepted there; deep levels
+        branch little (`tree_shape.auto_shape` derives both from the trie). The target is fed only these
+        widths, also under graphs.
         temperature (relaxed): sample from the target's cumulative log-probs / temperature, so that the
         output follows the target's sampling beam search at that temperature (-> its top-K search as
         temperature -> 0); the draft samples at the same temperature. Strict ignores it.
@@ -53,8 +54,8 @@ class SpecEngine:
             raise ValueError(f"draft depths must be >= 0, got {depths}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if any(w < 1 for w in widths):
-            raise ValueError(f"tree widths must be >= 1, got {widths}")
+        if any(w < 1 or w > N for w in widths):
+            raise ValueError(f"tree widths must be in 1..N = {N} (a tree level holds at most N nodes), got {tuple(widths)}")
         self.depths, self.widths = depths, tuple(widths) if drafter is not None else ()
         self.target, self.drafter, self.trie = target, drafter, trie
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
@@ -159,7 +160,7 @@ class SpecEngine:
         """Most nodes per tree level of a round that starts after `level` SID levels (None: N each)."""
         if not self.widths:
             return None
-        w = tuple(min(self.N, self.widths[level + j]) if level + j < len(self.widths) else self.N for j in range(d))
+        w = tuple(self.widths[level + j] if level + j < len(self.widths) else self.N for j in range(d))
         return w if any(x < self.N for x in w) else None
 
     def _result(self) -> BeamResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -21,6 +21,7 @@ from recspec.data.vocab import build_prompts
 from recspec.decoding.drafters import make_drafter
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.stats import SpecStats
+from recspec.decoding.tree_shape import TreeShape, no_tree, shape_for
 from recspec.evaluation.evaluate import target_sids
 from recspec.evaluation.metrics import ranking_metrics
 from recspec.models.decoder import Decoder
@@ -32,11 +33,13 @@ class BenchConfig:
     batches: tuple[int, ...] = (1, 32)  # users per call
     users: int = 200  # users timed per (mode, K, batch)
     warmup: int = 3  # calls before timing starts
-    draft_beams: int = 40  # N (raised to K where smaller)
-    gamma: int = 3  # draft depth
-    draft_expand: float = 2.0  # deeper tree levels extend the draft's best expand*K nodes (0: all N)
-    depths: tuple[int, ...] = ()  # draft depth by the SID level a round starts from (gamma past the end)
-    widths: tuple[int, ...] = ()  # most drafted nodes per tree level, by SID level (N past the end)
+    # the draft tree, as in DecodeConfig: all five None = auto (from the trie, K and tree_budget), else explicit
+    draft_beams: int | None = None  # N >= K nodes per tree level
+    gamma: int | None = None  # draft depth
+    draft_expand: float | None = None  # deeper tree levels extend the draft's best expand*K nodes (0: all N)
+    depths: tuple[int, ...] | None = None  # draft depth by the SID level a round starts from (gamma past the end)
+    widths: tuple[int, ...] | None = None  # most drafted nodes per tree level, by SID level, each <= N (N past the end)
+    tree_budget: int | None = None  # auto: most tree nodes per target call (None: the device's, config.GPU_ / CPU_TREE_BUDGET)
     temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature
     modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
     cuda_graphs: bool = False  # replay captured rounds (CUDA only)
@@ -46,7 +49,7 @@ class BenchConfig:
     hf_max_batch: int = 0  # largest batch HF is timed at (0: all)
     tie_tol: float = 1e-4  # a list differing from AR's where the two scores at the first differing rank
     #                        are this close is counted as a tie (floating-point noise), not an error
-    relaxed_beams: int = 0  # N for "spec-relaxed" (0: draft_beams); its verification loops over the N draws
+    relaxed_beams: int = 0  # N for "spec-relaxed" (0: the tree's); its verification loops over the N draws
 
 
 @dataclass
@@ -91,22 +94,31 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
     return call
 
 
-def draft_beams(mode: str, K: int, cfg: BenchConfig) -> int:
-    """N of a mode's tree: relaxed_beams for relaxed where set, else draft_beams; never below K."""
-    return max(cfg.relaxed_beams if mode == "spec-relaxed" and cfg.relaxed_beams else cfg.draft_beams, K)
+def tree_shape(mode: str, K: int, cfg: BenchConfig, catalog: Catalog, device) -> TreeShape:
+    """A speculative mode's tree: cfg's (auto for the device where it sets none); relaxed_beams sets N for
+    relaxed where given."""
+    if mode == "spec-relaxed" and cfg.relaxed_beams:
+        cfg = replace(cfg, draft_beams=cfg.relaxed_beams)
+    return shape_for(cfg, catalog.trie, K, device)
+
+
+def shape_columns(shape: TreeShape) -> dict:
+    """A tree shape as row fields."""
+    return {"draft_beams": shape.N, "gamma": shape.gamma, "depths": "/".join(map(str, shape.depths)),
+            "widths": "/".join(map(str, shape.widths)), "expand": shape.expand}
 
 
 def make_engine(mode: str, target: Decoder, draft: Decoder | str | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
     trie = catalog.trie.to(device)
-    N = draft_beams(mode, K, cfg)
+    shape = tree_shape(mode, K, cfg, catalog, device) if mode != "ar" else no_tree(K)
     static = cfg.cuda_graphs or cfg.compile  # captured or compiled rounds sample from the global RNG
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
-    drafter = make_drafter(draft, trie, N, cfg.draft_expand, catalog.popularity) if mode != "ar" else None
+    drafter = make_drafter(draft, trie, shape.N, shape.expand, catalog.popularity) if mode != "ar" else None
     verify = "relaxed" if mode == "spec-relaxed" else "strict"
     width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if static else None  # one round shape
-    return SpecEngine(target, drafter, trie, K=K, N=N, gamma=cfg.gamma if drafter else 0, verify=verify,
-                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=cfg.depths,
-                      widths=cfg.widths, temperature=cfg.temperature,
+    return SpecEngine(target, drafter, trie, K=K, N=shape.N, gamma=shape.gamma, verify=verify,
+                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=shape.depths,
+                      widths=shape.widths, temperature=cfg.temperature,
                       compile=cfg.compile)
 
 
@@ -202,6 +214,9 @@ def run_bench(target: Decoder, draft: Decoder | str | dict[str, Decoder | str] |
                     runs[mode, name] = time_calls(engine_call(engine, catalog, examples, device), batches, cfg.warmup, device)
             ar = runs.get(("ar", None))
             new = [row_for(m, K, batch, r, gt, ar if m != "ar" else None, cfg.tie_tol, name) for (m, name), r in runs.items()]
+            for r in new:  # the tree each speculative row ran with
+                if r["mode"].startswith("spec"):
+                    r.update(shape_columns(tree_shape(r["mode"], K, cfg, catalog, device)))
             _speedups(new)
             if reference is not None and ar is not None:
                 for r, run in zip(new, runs.values()):

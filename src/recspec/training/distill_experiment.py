@@ -32,7 +32,10 @@ class ExperimentConfig:
     objectives: tuple[str, ...] = OBJECTIVE_NAMES  # one draft per objective
     size: str = "draft"  # draft model preset (config.MODEL_PRESETS)
     distill: DistillConfig = DistillConfig()  # training of every draft; `objective` is set per draft
-    bench: BenchConfig = BenchConfig(batches=(1,), modes=("ar", "spec-strict", "spec-relaxed"))  # timing, test users
+    # timing on test users, with an explicit tree: an auto tree holds every child where it fits the budget,
+    # which every draft gets accepted alike, and would hide what the objectives change
+    bench: BenchConfig = BenchConfig(batches=(1,), modes=("ar", "spec-strict", "spec-relaxed"),
+                                     draft_beams=DistillConfig.draft_beams, gamma=DistillConfig.gamma)
 
 
 def train_drafts(target: Decoder, teacher: TeacherData, catalog: Catalog, cfg: ExperimentConfig, out_dir: str,

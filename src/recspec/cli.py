@@ -88,6 +88,10 @@ EXPAND = typer.Option(2.0, help="deeper tree levels extend only the draft's best
 DEPTHS = typer.Option("", help="draft depth by the SID level a round starts from, e.g. 1,3,2 (gamma past the end)")
 TEMPERATURE = typer.Option(1.0, help="relaxed: sample from cumulative log-probs / temperature (-> the top-K search as it -> 0)")
 WIDTHS = typer.Option("", help="most drafted nodes per tree level by the SID level it drafts, e.g. 91,64,24,16 (N past the end)")
+EOS = typer.Option(False, "--eos/--no-eos", help="score <eos> after an item's L codes as an (L+1)-th target call, as "
+                                                 "transformers' generate does (off: L calls, score = sum of code log-probs)")
+EXCLUDE_HISTORY = typer.Option(False, "--exclude-history", help="never recommend an item of the user's history "
+                                                                "(default: history items may be recommended)")
 
 
 def parse_depths(text: str, what: str = "depths") -> tuple[int, ...]:
@@ -101,12 +105,12 @@ def parse_depths(text: str, what: str = "depths") -> tuple[int, ...]:
 
 
 def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=2.0, depths="", widths="",
-                temperature=1.0) -> DecodeConfig:
+                temperature=1.0, eos=False, exclude_history=False) -> DecodeConfig:
     if not temperature > 0:
         raise typer.BadParameter(f"--temperature must be > 0, got {temperature}")
     return DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
                         draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
-                        temperature=temperature)
+                        temperature=temperature, eos=eos, exclude_history=exclude_history)
 
 
 @app.command("eval")
@@ -115,12 +119,14 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
              split: str = typer.Option("test", help="test or valid"), K: int = typer.Option(20, "--K"),
              verify: str = "strict", draft_beams: int = 40, gamma: int = 3, expand: float = EXPAND,
              depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
-             popularity: bool = typer.Option(True, help="also score the popularity baseline")):
+             popularity: bool = typer.Option(True, help="also score the popularity baseline"),
+             eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
     """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature,
+                                                           eos, exclude_history),
                            index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
     out = {"recspec": rec.evaluate(examples, K=K)}
@@ -136,11 +142,12 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
               verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)"),
               draft_beams: int = typer.Option(40, help="N draft beams"), gamma: int = typer.Option(3, help="draft depth"),
               expand: float = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K"), batch_size: int = 32, index_dir: Optional[str] = INDEX_DIR,
-              seed: int = 0, device: str = "cpu"):
+              seed: int = 0, device: str = "cpu", eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
     """Histories in, top-K items (with titles where known) out, as JSON lines."""
     from recspec.recommender import Recommender
 
-    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature),
+    rec = Recommender.load(data, model, draft, _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature,
+                                                           eos, exclude_history),
                            index_dir=index_dir or os.path.dirname(os.path.normpath(model)), device=device)
     histories = _read_histories(input)
     res, _ = rec.recommend(histories, K)
@@ -203,7 +210,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
           threads: int = 0, device: str = "cpu", cuda_graphs: bool = False,
           compile: bool = typer.Option(False, help="rounds through torch.compile (fixed shapes; captured with --cuda-graphs)"),
           seed: int = 0,
-          index_dir: Optional[str] = INDEX_DIR):
+          index_dir: Optional[str] = INDEX_DIR, eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
     """Time AR, strict and relaxed speculative beam search and HF generate in one run -> JSON + PNG."""
     import torch
 
@@ -226,7 +233,8 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
                       gamma=gamma, draft_expand=expand, depths=parse_depths(depths),
-                      widths=parse_depths(widths, "widths"), temperature=temperature, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users)
+                      widths=parse_depths(widths, "widths"), temperature=temperature, modes=tuple(modes.split(",")), cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users,
+                      eos=eos, exclude_history=exclude_history)
     hf_model = None
     if "hf" in cfg.modes:
         try:

@@ -16,6 +16,7 @@ import torch
 from recspec.config import DecodeConfig
 from recspec.data.catalog import Catalog, open_catalog
 from recspec.data.datasets import HISTORY_LEN, Example
+from recspec.data.exclusion import history_rows
 from recspec.data.vocab import build_prompts
 from recspec.decoding.beam_search import BeamResult
 from recspec.decoding.drafters import TRIE, make_drafter
@@ -54,11 +55,12 @@ class Recommender:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         return SpecEngine(self.target, drafter, trie, K=K, N=max(self.cfg.draft_beams, K), gamma=self.cfg.gamma,
                           verify=self.cfg.verify, generator=gen, depths=self.cfg.depths,
-                          widths=self.cfg.widths, temperature=self.cfg.temperature)
+                          widths=self.cfg.widths, temperature=self.cfg.temperature, eos=self.cfg.eos)
 
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[int]], K: int | None = None) -> tuple[BeamResult, SpecStats]:
-        """Top-K unique SIDs per history (rows in input order) and decoding statistics."""
+        """Top-K unique SIDs per history (rows in input order) and decoding statistics. With
+        cfg.exclude_history no list holds an item of its (whole) history."""
         K = K or self.cfg.K
         engine, stats = self._engine(K), SpecStats()
         U, L = len(histories), self.catalog.trie.num_levels
@@ -66,7 +68,8 @@ class Recommender:
         for users in length_batches(histories, self.cfg.batch_size):
             prompts = build_prompts(self.catalog.vocab, self.catalog.index, [histories[i] for i in users],
                                     where="history").to(self.device)
-            res, st = engine.run(prompts)
+            exclude = history_rows(engine.trie, [histories[i] for i in users]) if self.cfg.exclude_history else None
+            res, st = engine.run(prompts, exclude=exclude)
             rows = torch.tensor(users)
             out.sids[rows], out.scores[rows], out.codes[rows] = res.sids.cpu(), res.scores.cpu(), res.codes.cpu()
             stats = stats.merge(st)

@@ -130,6 +130,7 @@ def test_bench_times_named_drafts_against_one_ar_run(toy, make_decoder):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["mode"], r.get("drafter")) for r in rows] == [("ar", None), ("spec-strict", "first"), ("spec-strict", "d2")]
     assert all(r["mismatches"] == 0 for r in rows[1:])
+    assert all(r["eos"] is False and r["exclude_history"] is False for r in rows)  # the defaults, said in every row
     twice = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft",
                                          f"x={toy / 'd1' / 'best'}", "--draft", f"x={toy / 'd2' / 'best'}", "--out", str(out)])
     assert twice.exit_code != 0 and "given twice" in twice.output
@@ -175,15 +176,16 @@ def test_recommend_with_the_trie_drafter_equals_plain_beam_search(toy):
         assert [[r["item"] for r in u] for u in got] == [[r["item"] for r in u] for u in plain]
         assert [r["score"] for u in got for r in u] == pytest.approx([r["score"] for u in plain for r in u], abs=1e-4)
     # the trie drafter is really used: `eval` with a tree holding every prefix of every level takes one target
-    # call per user (both levels accepted, <eos> the bonus), AR one per level and <eos>; same metrics
+    # call per user (every drafted level accepted, the last level the target's own), AR one per level (and
+    # one for <eos> with --eos); same metrics
     ev = ["eval", str(toy / "data"), "--model", str(toy / "target"), "--K", "3", "--users", "6", "--no-popularity"]
-    runs = [CliRunner().invoke(cli.app, args) for args in (ev, ev + ["--draft", "trie", "--gamma", str(L),
-                                                                     "--draft-beams", str(max(prefixes))])]
+    trie_ev = ["--draft", "trie", "--gamma", str(L), "--draft-beams", str(max(prefixes))]
+    runs = [CliRunner().invoke(cli.app, args) for args in (ev, ev + trie_ev, ev + ["--eos"], ev + trie_ev + ["--eos"])]
     assert all(r.exit_code == 0 for r in runs), "".join(r.output for r in runs)
-    ar, spec = (json.loads(r.output)["recspec"] for r in runs)
-    assert ar["target_calls"] == L + 1 and spec["target_calls"] == 1
-    metrics = {k: v for k, v in ar.items() if "@" in k}
-    assert len(metrics) >= 2 and {k: v for k, v in spec.items() if "@" in k} == metrics
+    ar, spec, ar_eos, spec_eos = (json.loads(r.output)["recspec"] for r in runs)
+    assert ar["target_calls"] == L and ar_eos["target_calls"] == L + 1 and spec["target_calls"] == spec_eos["target_calls"] == 1
+    metrics = lambda m: {k: v for k, v in m.items() if "@" in k}  # noqa: E731
+    assert len(metrics(ar)) >= 2 and metrics(spec) == metrics(ar) and metrics(spec_eos) == metrics(ar_eos)
 
 
 def _bad_input_cases(toy) -> list[tuple[list[str], str, str]]:
@@ -277,12 +279,12 @@ def test_eval_and_bench_default_to_the_auto_tree(toy):
     cat = open_catalog(str(toy / "data"))
     K, L = 3, cat.trie.num_levels
     prefixes = int((cat.trie.depth >= 1).sum() - (cat.trie.depth > L).sum())  # states at SID levels 1..L
-    assert auto_shape(cat.trie, K, prefixes).depths[0] == L  # every level in the first round
+    assert auto_shape(cat.trie, K, prefixes).depths[0] == L - 1  # every level in the first round (the last: the target's)
     ev = ["eval", str(toy / "data"), "--model", str(toy / "target"), "--K", str(K), "--users", "6", "--no-popularity"]
     runs = [CliRunner().invoke(cli.app, args) for args in (ev, ev + ["--draft", "trie", "--tree-budget", str(prefixes)])]
     assert all(r.exit_code == 0 for r in runs), "".join(r.output for r in runs)
     ar, spec = (json.loads(r.output)["recspec"] for r in runs)
-    assert ar["target_calls"] == L + 1 and spec["target_calls"] == 1
+    assert ar["target_calls"] == L and spec["target_calls"] == 1
     assert {k: v for k, v in spec.items() if "@" in k} == {k: v for k, v in ar.items() if "@" in k}
     out = toy / "bench_auto.json"
     res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie",
@@ -293,3 +295,44 @@ def test_eval_and_bench_default_to_the_auto_tree(toy):
     spec_row = next(r for r in json.loads(out.read_text())["rows"] if r["mode"] == "spec-strict")
     assert spec_row["widths"] == "/".join(map(str, shape.widths)) and spec_row["draft_beams"] == shape.N
     assert spec_row["mismatches"] == 0
+
+
+def test_bench_rows_say_eos_and_exclusions(toy):
+    """--eos --exclude-history reach every mode (hf included): every row says so, AR takes L + 1 calls,
+    strict speculation and HF return AR's lists."""
+    pytest.importorskip("transformers")
+    L = SIDIndex.load(toy / "data" / "toy.index.json").num_levels
+    out = toy / "bench_eos.json"
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie",
+                                       "--K", "3", "--batch", "2", "--users", "4", "--warmup", "1", "--draft-beams", "8",
+                                       "--gamma", "2", "--modes", "ar,spec-strict,hf", "--eos", "--exclude-history",
+                                       "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ar", "spec-strict", "hf"}
+    assert all(r["eos"] is True and r["exclude_history"] is True for r in rows.values())
+    assert rows["ar"]["target_calls"] == L + 1
+    assert rows["spec-strict"]["mismatches"] == 0 and rows["hf"]["mismatches"] == 0
+
+
+def test_recommend_excluding_history_returns_no_history_item(toy):
+    """--exclude-history: no list holds an item of its history, AR and strict speculation agree; a history
+    that leaves exactly K items gets exactly those. Without the flag the long histories' lists hold some.
+    Ids in and out are the data files' (1-based here)."""
+    num_items = SIDIndex.load(toy / "data" / "toy.index.json").num_items
+    K = 5
+    internal = [list(range(0, num_items, 2)) + [1, 3, 5], [4], list(range(num_items - K))]
+    histories = [[i + 1 for i in h] for h in internal]  # as the sequential files write them
+    lines = "".join(json.dumps({"history": h}) + "\n" for h in histories)
+    base = ["recommend", str(toy / "data"), "--model", str(toy / "target"), "--K", str(K)]
+    spec = ["--draft", "trie", "--gamma", "2", "--draft-beams", "8"]
+    runs = [CliRunner().invoke(cli.app, args, input=lines)
+            for args in (base, base + ["--exclude-history"], base + ["--exclude-history"] + spec)]
+    assert all(r.exit_code == 0 for r in runs), "".join(r.output for r in runs)
+    plain, excluded, spec_excluded = ([[r["item"] for r in json.loads(line)["recommendations"]]
+                                       for line in r.output.splitlines()] for r in runs)
+    assert any(set(recs) & set(h) for h, recs in zip(histories, plain))
+    for h, recs in zip(histories, excluded):
+        assert len(recs) == K and not set(recs) & set(h), h
+    assert sorted(excluded[2]) == list(range(num_items - K + 1, num_items + 1))
+    assert spec_excluded == excluded

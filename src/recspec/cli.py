@@ -162,6 +162,10 @@ WIDTHS = typer.Option("auto", help="most drafted nodes per tree level by the SID
                                    "(N past the end)")
 TREE_BUDGET = typer.Option(None, help="auto shape: most tree nodes per target call "
                                       f"[default: {GPU_TREE_BUDGET} on a GPU, {CPU_TREE_BUDGET} on a CPU]", show_default=False)
+EOS = typer.Option(False, "--eos/--no-eos", help="score <eos> after an item's L codes as an (L+1)-th target call, as "
+                                                 "transformers' generate does (off: L calls, score = sum of code log-probs)")
+EXCLUDE_HISTORY = typer.Option(False, "--exclude-history", help="never recommend an item of the user's history "
+                                                                "(default: history items may be recommended)")
 
 
 def parse_depths(text: str, what: str = "depths") -> tuple[int, ...] | None:
@@ -185,12 +189,12 @@ def _check_tree(cfg, Ks) -> None:
 
 
 def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=None, depths="auto", widths="auto",
-                temperature=1.0, tree_budget=None) -> DecodeConfig:
+                temperature=1.0, tree_budget=None, eos=False, exclude_history=False) -> DecodeConfig:
     if not temperature > 0:
         raise RecSpecError(f"--temperature {temperature}: must be > 0")
     cfg = DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
                        draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
-                       temperature=temperature, tree_budget=tree_budget)
+                       temperature=temperature, tree_budget=tree_budget, eos=eos, exclude_history=exclude_history)
     _check_tree(cfg, [K])
     return cfg
 
@@ -204,13 +208,15 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
              draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
              expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
              tree_budget: Optional[int] = TREE_BUDGET, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
-             popularity: bool = typer.Option(True, help="also score the popularity baseline")):
+             popularity: bool = typer.Option(True, help="also score the popularity baseline"),
+             eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
     """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
     _check_draft(verify, draft)
-    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget)
+    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget,
+                      eos, exclude_history)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
     _check_K(K, rec.catalog)
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
@@ -230,13 +236,14 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
               expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, tree_budget: Optional[int] = TREE_BUDGET,
               temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K", callback=_positive), batch_size: int = 32,
               index_dir: Optional[str] = INDEX_DIR,
-              seed: int = 0, device: str = "cpu"):
+              seed: int = 0, device: str = "cpu", eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
     """Histories in, top-K distinct items (with titles where known) out, as JSON lines; item ids in and
     out are the dataset's own (sequential_*.txt: 1-based, LC-Rec inter.json: 0-based, RecBole: .inter tokens)."""
     from recspec.recommender import Recommender
 
     _check_draft(verify, draft)
-    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget)
+    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget,
+                      eos, exclude_history)
     names, histories = _read_histories(input)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
     _check_K(K, rec.catalog)
@@ -315,7 +322,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
           threads: int = 0, device: str = "cpu", cuda_graphs: bool = False,
           compile: bool = typer.Option(False, help="rounds through torch.compile (fixed shapes; captured with --cuda-graphs)"),
           seed: int = 0,
-          index_dir: Optional[str] = INDEX_DIR):
+          index_dir: Optional[str] = INDEX_DIR, eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
     """Time AR, strict and relaxed speculative beam search and HF generate in one run -> JSON + PNG."""
     import torch
 
@@ -343,7 +350,8 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
     cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
                       gamma=gamma, draft_expand=expand, **shape, temperature=temperature, modes=mode_list,
-                      cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users, tree_budget=tree_budget)
+                      cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users, tree_budget=tree_budget,
+                      eos=eos, exclude_history=exclude_history)
     _check_tree(cfg, cfg.Ks)
     hf_model = None
     if "hf" in cfg.modes:

@@ -104,6 +104,10 @@ class DecodeConfig:
     temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature (-> top-K as it -> 0)
     verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
     seed: int = 0  # for relaxed verification's sampling
+    eos: bool = False  # score <eos> after an item's L codes, an (L+1)-th target call (transformers' generate);
+    #                    off: L calls, an item's score is the sum of its code log-probs (every item has L codes)
+    exclude_history: bool = False  # never recommend an item of the user's history (the trie is pruned per user);
+    #                                off: history items may be recommended, as the model ranks them
 
 
 def parse_shape_list(text: str, what: str) -> tuple[int, ...] | None:

@@ -22,6 +22,7 @@ import torch
 from recspec.config import DecodeConfig
 from recspec.data.catalog import Catalog, open_catalog
 from recspec.data.datasets import HISTORY_LEN, Example
+from recspec.data.exclusion import history_rows
 from recspec.data.vocab import build_prompts
 from recspec.decoding.beam_search import BeamResult
 from recspec.decoding.drafters import TRIE, make_drafter
@@ -76,7 +77,7 @@ class Recommender:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         return SpecEngine(self.target, drafter, trie, K=K, N=shape.N, gamma=shape.gamma,
                           verify=self.cfg.verify, generator=gen, depths=shape.depths,
-                          widths=shape.widths, temperature=self.cfg.temperature)
+                          widths=shape.widths, temperature=self.cfg.temperature, eos=self.cfg.eos)
 
     def recommend(self, histories: Sequence[Sequence[int | str]], K: int | None = None,
                   names: Sequence[str] | None = None) -> tuple[Recommendations, SpecStats]:
@@ -97,7 +98,8 @@ class Recommender:
     def recommend_internal(self, histories: Sequence[Sequence[int]], K: int | None = None) -> tuple[BeamResult, SpecStats]:
         """Top-K SID rows per history of internal item ids (0-based index rows, as `SplitData` holds
         them), rows in input order, and decoding statistics. `catalog.trie.items(result.sids)` maps
-        the SID rows to internal item ids, one item each."""
+        the SID rows to internal item ids, one item each. With cfg.exclude_history no list holds an item
+        of its (whole) history."""
         K = K or self.cfg.K
         engine, stats = self._engine(K), SpecStats()
         U, L = len(histories), self.catalog.trie.num_levels
@@ -105,7 +107,8 @@ class Recommender:
         for users in length_batches(histories, self.cfg.batch_size):
             prompts = build_prompts(self.catalog.vocab, self.catalog.index, [histories[i] for i in users],
                                     where="history").to(self.device)
-            res, st = engine.run(prompts)
+            exclude = history_rows(engine.trie, [histories[i] for i in users]) if self.cfg.exclude_history else None
+            res, st = engine.run(prompts, exclude=exclude)
             rows = torch.tensor(users)
             out.sids[rows], out.scores[rows], out.codes[rows] = res.sids.cpu(), res.scores.cpu(), res.codes.cpu()
             stats = stats.merge(st)

@@ -29,15 +29,17 @@ def beauty(shared_datasets, make_decoder) -> Beauty:
 
 @pytest.fixture(scope="session")
 def reference(beauty):
-    """reference(K, batch, which=all) -> the target's autoregressive beam search on the prompt batches
-    `which` (indices into beauty.prompts(batch)); memoised per batch, shared by the whole session."""
-    memo: dict[tuple[int, int, int], BeamResult] = {}
+    """reference(K, batch, which=all, eos=False) -> the target's autoregressive beam search (scoring
+    <eos> too with eos=True) on the prompt batches `which` (indices into beauty.prompts(batch));
+    memoised per batch, shared by the whole session."""
+    memo: dict[tuple[int, int, int, bool], BeamResult] = {}
 
-    def ref(K: int, batch: int, which: Sequence[int] | None = None) -> tuple[BeamResult, ...]:
+    def ref(K: int, batch: int, which: Sequence[int] | None = None, eos: bool = False) -> tuple[BeamResult, ...]:
         prompts = beauty.prompts(batch)
-        for b in which if which is not None else range(len(prompts)):
-            if (K, batch, b) not in memo:
-                memo[K, batch, b] = beam_search(beauty.target, beauty.trie, prompts[b], K)
-        return tuple(memo[K, batch, b] for b in (which if which is not None else range(len(prompts))))
+        which = which if which is not None else range(len(prompts))
+        for b in which:
+            if (K, batch, b, eos) not in memo:
+                memo[K, batch, b, eos] = beam_search(beauty.target, beauty.trie, prompts[b], K, eos=eos)
+        return tuple(memo[K, batch, b, eos] for b in which)
 
     return ref

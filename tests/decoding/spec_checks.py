@@ -73,26 +73,28 @@ def tie_swapped(got: BeamResult, want: BeamResult, tol: float) -> torch.Tensor:
     return (got.sids != want.sids).any(dim=1) & (key(got.sids) == key(want.sids)).all(dim=1)
 
 
-def levels_table(stats: SpecStats, L: int, gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
+def levels_table(stats: SpecStats, L: int, gamma: int, eos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Accepted levels (B, R) (-1: user inactive) and each user's level at the start of each round
-    (B, R), checking the bookkeeping: 0 <= accepted <= min(gamma, L - level), every active round
-    advances accepted + 1 levels, every user ends at level L + 1 (L codes and <eos>), and the target
-    calls per user are (L + 1) - its accepted levels."""
+    (B, R), checking the bookkeeping. A finished user has produced end = L levels (L + 1 with eos: the
+    codes and <eos>); 0 <= accepted <= min(gamma, end - 1 - level) (a tree stops one level short of
+    the end, the target's own level finishes), every active round advances accepted + 1 levels, every
+    user ends at level `end`, and the target calls per user are end - its accepted levels."""
+    end = L + int(eos)
     acc = torch.stack(stats.accepted, dim=1).cpu()  # (B, R)
     active = acc >= 0
     level = torch.zeros_like(acc)
     done = torch.zeros(acc.shape[0], dtype=torch.long)
     for r in range(acc.shape[1]):
         level[:, r] = done
-        assert torch.equal(active[:, r], done <= L), f"round {r}: active users are those not finished"
+        assert torch.equal(active[:, r], done < end), f"round {r}: active users are those not finished"
         done = done + torch.where(active[:, r], acc[:, r] + 1, 0)
-    assert (done == L + 1).all()
-    remaining = (L - level).clamp(min=0)
+    assert (done == end).all()
+    remaining = (end - 1 - level).clamp(min=0)
     assert (acc[active] <= torch.minimum(remaining[active], torch.tensor(gamma))).all()
     assert (acc[active] <= gamma).all()
     calls = stats.target_calls()
     assert torch.equal(calls, active.sum(dim=1))
-    assert torch.equal(calls, (L + 1) - torch.where(active, acc, 0).sum(dim=1))
+    assert torch.equal(calls, end - torch.where(active, acc, 0).sum(dim=1))
     return acc, level
 
 
@@ -110,7 +112,7 @@ def need(codes: np.ndarray, K: int, l: int, m: int) -> int:
     return sum(sorted(map(len, under.values()), reverse=True)[:K])
 
 
-def path(shape: TreeShape, L: int, eos: bool = True) -> list[tuple[int, int]]:
+def path(shape: TreeShape, L: int, eos: bool = False) -> list[tuple[int, int]]:
     """(start level, depth) of the rounds taken when every tree is accepted (the engine's loop)."""
     out, level = [], 0
     while level < (L + 1 if eos else L):
@@ -120,7 +122,7 @@ def path(shape: TreeShape, L: int, eos: bool = True) -> list[tuple[int, int]]:
     return out
 
 
-def covered(shape: TreeShape, codes: np.ndarray, K: int, eos: bool = True) -> bool:
+def covered(shape: TreeShape, codes: np.ndarray, K: int, eos: bool = False) -> bool:
     """Every level of every round on the path holds the descendants of any K beams of its start level."""
     return all(shape.widths[m - 1] >= need(codes, K, l, m)
                for l, d in path(shape, codes.shape[1], eos) for m in range(l + 1, l + d + 1))

@@ -1,5 +1,6 @@
-"""Constrained beam search: equal to Hugging Face's `generate` with the same trie on Beauty users,
-exhaustive when K is the catalogue, and its results are real, distinct, sorted items."""
+"""Constrained beam search: equal to Hugging Face's `generate` with the same trie on Beauty users (with
+the <eos> step and without it, and with a per-user exclusion pruned into the trie), exhaustive when K is
+the catalogue, L model calls (L + 1 with <eos>), and its results are real, distinct, sorted items."""
 
 from __future__ import annotations
 
@@ -94,12 +95,18 @@ def allowed_tokens(beauty):
     return for_prompt
 
 
-def ours_batched(beauty: Beauty, K: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per user: (codes (K, L), scores (K,)) from beam_search over batches of users."""
+def ours_batched(beauty: Beauty, K: int, eos: bool, banned: list[set[int]] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per user: (codes (K, L), scores (K,)) from beam_search over batches of users; banned: SID rows
+    per user to exclude."""
     out = []
     for start in range(0, len(beauty.histories), BATCH):
         prompts = build_prompts(beauty.vocab, beauty.index, beauty.histories[start:start + BATCH])
-        res = beam_search(beauty.model, beauty.trie, prompts, K)
+        exclude = None
+        if banned is not None:
+            exclude = torch.zeros(prompts.tokens.shape[0], beauty.trie.num_sids, dtype=torch.bool)
+            for b, rows in enumerate(banned[start:start + BATCH]):
+                exclude[b, sorted(rows)] = True
+        res = beam_search(beauty.model, beauty.trie, prompts, K, eos=eos, exclude=exclude)
         out += list(zip(res.codes, res.scores))
     return out
 
@@ -117,24 +124,84 @@ def check_result(trie: SIDTrie, vocab: Vocab, res: BeamResult, K: int) -> None:
     assert (res.scores[:, 1:] <= res.scores[:, :-1]).all()
 
 
-@pytest.mark.parametrize("K", [1, 5, 10, 20])
-def test_matches_hf_generate(beauty, hf_model, allowed_tokens, K):
+def check_hf(beauty: Beauty, hf_model, allowed_for, K: int, eos: bool, ours, users: int = NUM_USERS) -> None:
+    """HF generate (L + 1 new tokens, the last <eos>, with eos; else L) returns our items in our order
+    with our scores, user by user. allowed_for(user, T) -> HF's prefix_allowed_tokens_fn."""
     L = beauty.trie.num_levels
-    ours = ours_batched(beauty, K)
     beams = dict(num_beams=K, num_return_sequences=K, length_penalty=0.0) if K > 1 else {}
-    for user, (hist, (codes, scores)) in enumerate(zip(beauty.histories, ours)):
+    for user, (hist, (codes, scores)) in enumerate(zip(beauty.histories[:users], ours)):
         prompt = build_prompts(beauty.vocab, beauty.index, [hist]).tokens  # (1, T) unpadded
         T = prompt.shape[1]
         with torch.no_grad():
             out = hf_model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=L + 1, do_sample=False,
-                prefix_allowed_tokens_fn=allowed_tokens(T), pad_token_id=PAD, eos_token_id=EOS,
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=L + int(eos), do_sample=False,
+                prefix_allowed_tokens_fn=allowed_for(user, T), pad_token_id=PAD, eos_token_id=EOS,
                 output_scores=True, return_dict_in_generate=True, **beams)
-        seqs = out.sequences[:, T:]  # (K, L + 1)
-        assert (seqs[:, L] == EOS).all(), f"user {user}"
+        seqs = out.sequences[:, T:]  # (K, L + eos)
+        assert seqs.shape[1] == L + int(eos) and (seqs[:, L:] == EOS).all(), f"user {user}"
         assert torch.equal(seqs[:, :L], codes), f"user {user}: items or their order differ from HF"
         if K > 1:  # HF's greedy search reports processed logits, not sequence log-probs
             torch.testing.assert_close(out.sequences_scores, scores, atol=ATOL, rtol=0, msg=f"user {user}")
+
+
+@pytest.mark.parametrize("K", [1, 5, 10, 20])
+def test_matches_hf_generate(beauty, hf_model, allowed_tokens, K):
+    """With eos: transformers' generate with the <eos> step, as it is usually run."""
+    check_hf(beauty, hf_model, lambda _user, T: allowed_tokens(T), K, True, ours_batched(beauty, K, eos=True))
+
+
+@pytest.mark.parametrize("K", [1, 5, 10, 20])
+def test_matches_hf_generate_without_eos(beauty, hf_model, allowed_tokens, K):
+    """Without eos: generate stops after the L codes; the ranking is by the codes' log-probs alone."""
+    check_hf(beauty, hf_model, lambda _user, T: allowed_tokens(T), K, False, ours_batched(beauty, K, eos=False))
+
+
+def biting_exclusions(beauty: Beauty, K: int, users: int) -> list[set[int]]:
+    """Per user, SID rows to exclude that change her list: her history's, the items at ranks 0 and 2 of
+    her plain top-K list, and every SID under the length-2 prefix of her rank-1 item (a prefix all of
+    whose items are excluded, which the search must not enter)."""
+    plain = ours_batched(beauty, K, eos=False)[:users]
+    sids = beauty.trie.sids.tolist()
+    out = []
+    for hist, (codes, _) in zip(beauty.histories, plain):
+        top = beauty.trie.leaf_sid[beauty.trie.walk(codes)].tolist()  # SID rows, best first
+        prefix = sids[top[1]][:2]
+        out.append(set(beauty.trie.item_sid[hist].tolist()) | {top[0], top[2]} | {u for u, s in enumerate(sids) if s[:2] == prefix})
+    return out
+
+
+def pruned_allowed(beauty: Beauty, allowed_tokens, banned: list[set[int]]):
+    """HF's prefix_allowed_tokens_fn for a user who may not get the SID rows `banned[user]`: the trie's
+    tokens that keep some allowed SID reachable (a plain Python reading of the pruned trie)."""
+    offsets = beauty.vocab.level_offsets()
+    sids = [tuple(c + o for c, o in zip(row, offsets)) for row in beauty.trie.sids.tolist()]
+
+    def allowed_for(user: int, T: int):
+        live = {s[:j] for u, s in enumerate(sids) if u not in banned[user] for j in range(len(s) + 1)}
+        base = allowed_tokens(T)
+
+        def fn(batch_id: int, ids: torch.Tensor):
+            prefix = tuple(ids[T:].tolist())
+            toks = base(batch_id, ids).tolist()
+            return [t for t in toks if t == EOS or prefix + (t,) in live] or [PAD]
+
+        return fn
+
+    return allowed_for
+
+
+@pytest.mark.parametrize("K,eos", [(10, False), (5, True)])
+def test_matches_hf_generate_excluding_items(beauty, hf_model, allowed_tokens, K, eos):
+    """Excluded SIDs (ones the plain search returns, and a whole prefix) are pruned from HF's trie per
+    user; our search with `exclude` returns what HF returns, and none of them."""
+    users = 40
+    banned = biting_exclusions(beauty, K, users)
+    ours = ours_batched(beauty, K, eos, banned + [set()] * (NUM_USERS - users))[:users]
+    for user, (codes, scores) in enumerate(ours):
+        got = beauty.trie.leaf_sid[beauty.trie.walk(codes)]
+        assert (got >= 0).all() and torch.isfinite(scores).all(), f"user {user}: fewer than K items"
+        assert not set(got.tolist()) & banned[user], f"user {user}: an excluded item was returned"
+    check_hf(beauty, hf_model, pruned_allowed(beauty, allowed_tokens, banned), K, eos, ours, users)
 
 
 @pytest.mark.parametrize("K", [1, 5, 20])
@@ -150,30 +217,53 @@ TOY = resolve_collisions(SIDIndex(codes=np.array([[0, 1, 0], [2, 0, 1], [0, 1, 1
                                                   [1, 0, 0]]), level_sizes=(3, 2, 2), prefixes=("a", "b", "c")))
 
 
-def exhaustive_scores(model, vocab: Vocab, trie: SIDTrie, history: list[int]) -> torch.Tensor:
-    """(U,) log-prob of every distinct SID followed by <eos>, from one causal forward per SID."""
+def exhaustive_scores(model, vocab: Vocab, trie: SIDTrie, history: list[int], eos: bool) -> torch.Tensor:
+    """(U,) log-prob of every distinct SID (followed by <eos>, with eos), from one causal forward per SID."""
     prompt = sequence_tokens(vocab, TOY, history)
     tokens = vocab.item_tokens(trie.sids.numpy())  # (U, L)
     seqs = torch.tensor([prompt + row.tolist() + [EOS] for row in tokens])  # (U, T + L + 1)
     with torch.no_grad():
         logp = torch.log_softmax(model.forward_train(seqs)[:, len(prompt) - 1:-1].float(), dim=-1)
-    return logp.gather(-1, seqs[:, len(prompt):, None]).squeeze(-1).sum(-1)
+    steps = logp.gather(-1, seqs[:, len(prompt):, None]).squeeze(-1)  # (U, L + 1): the codes, then <eos>
+    return steps[:, : trie.num_levels + int(eos)].sum(-1)
 
 
-def test_full_width_is_exhaustive(make_decoder):
+@pytest.mark.parametrize("eos", [False, True])
+def test_full_width_is_exhaustive(make_decoder, eos):
     """With K = every distinct SID, beam search keeps everything: it must return all SIDs ranked by
-    their exact sequence log-probs."""
+    their exact sequence log-probs (the codes', plus <eos>'s with eos)."""
     vocab = Vocab.for_index(TOY)
     trie = build_trie(TOY, vocab)
     model = make_decoder(vocab, seed=11, num_layers=2, num_heads=4, num_kv_heads=2)
     histories = [[0, 3], [6], [1, 2, 4, 5, 6, 0]]
-    res = beam_search(model, trie, build_prompts(vocab, TOY, histories), trie.num_sids)
+    res = beam_search(model, trie, build_prompts(vocab, TOY, histories), trie.num_sids, eos=eos)
     check_result(trie, vocab, res, trie.num_sids)
     for b, hist in enumerate(histories):
-        want = exhaustive_scores(model, vocab, trie, hist)  # (U,)
+        want = exhaustive_scores(model, vocab, trie, hist, eos)  # (U,)
         order = want.argsort(descending=True)
         assert torch.equal(res.sids[b], order)
         torch.testing.assert_close(res.scores[b], want[order], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("eos", [False, True])
+def test_full_width_with_exclusions_ranks_the_allowed_items(make_decoder, eos):
+    """K = every distinct SID, some excluded per user (all but one for the last user): the allowed SIDs
+    come first, ranked by their exact log-probs, then -1 entries scored -inf."""
+    vocab = Vocab.for_index(TOY)
+    trie = build_trie(TOY, vocab)
+    model = make_decoder(vocab, seed=11, num_layers=2, num_heads=4, num_kv_heads=2)
+    histories = [[0, 3], [6], [1, 2, 4, 5, 6, 0]]
+    U = trie.num_sids
+    banned = [{0}, {1, 3}, set(range(U)) - {2}]  # SID rows
+    exclude = torch.tensor([[u in rows for u in range(U)] for rows in banned])
+    res = beam_search(model, trie, build_prompts(vocab, TOY, histories), U, eos=eos, exclude=exclude)
+    for b, hist in enumerate(histories):
+        want = exhaustive_scores(model, vocab, trie, hist, eos)  # (U,)
+        order = [u for u in want.argsort(descending=True).tolist() if u not in banned[b]]
+        n = len(order)
+        assert res.sids[b].tolist() == order + [-1] * (U - n), f"user {b}"
+        torch.testing.assert_close(res.scores[b, :n], want[order], atol=ATOL, rtol=0)
+        assert torch.isneginf(res.scores[b, n:]).all()
 
 
 def test_k_outside_the_catalogue_is_refused(make_decoder):
@@ -207,3 +297,24 @@ def test_audit_leaves_the_search_unchanged(make_decoder):
     plain, audited = beam_search(model, trie, prompts, 3), beam_search(model, trie, prompts, 3, audit=True)
     assert torch.equal(plain.sids, audited.sids) and torch.equal(plain.scores, audited.scores)
     assert plain.margin is None and audited.margin.shape == (3,) and bool((audited.margin >= 0).all())
+
+
+@pytest.mark.parametrize("eos", [False, True])
+def test_ar_takes_one_model_call_per_level(beauty, eos):
+    """Plain beam search and the engine's AR mode: the prefill, then one call per further level, so L
+    calls (the trie's levels) without eos and L + 1 with the <eos> step."""
+    from recspec.decoding.engine import SpecEngine
+
+    calls = []
+    hook = beauty.model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
+    try:
+        prompts = build_prompts(beauty.vocab, beauty.index, beauty.histories[:BATCH])
+        beam_search(beauty.model, beauty.trie, prompts, 5, eos=eos)
+        searched = len(calls)
+        _, stats = SpecEngine(beauty.model, None, beauty.trie, K=5, N=5, gamma=0, eos=eos).run(prompts)
+        engine = len(calls) - searched
+    finally:
+        hook.remove()
+    want = beauty.trie.num_levels + int(eos)
+    assert searched == want and engine == want
+    assert (stats.target_calls() == want).all()

@@ -1,4 +1,4 @@
-"""Re-scoring a decoded list gives back the scores beam search assigned to it."""
+"""Re-scoring a decoded list gives back the scores beam search assigned to it (with <eos> or without)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,15 @@ def setup(beauty_index, make_decoder):
     return make_decoder(vocab, seed=4), trie, prompts
 
 
-def test_rescored_beams_equal_beam_search_scores(setup):
+@pytest.mark.parametrize("eos", [False, True])
+def test_rescored_beams_equal_beam_search_scores(setup, eos):
+    """Without eos an item's score is the sum of its L code log-probs; with eos, plus <eos>'s."""
     model, trie, prompts = setup
-    res = beam_search(model, trie, prompts, 10)
-    got = sid_scores(model, trie, prompts, res.sids)
+    res = beam_search(model, trie, prompts, 10, eos=eos)
+    got = sid_scores(model, trie, prompts, res.sids, eos=eos)
     torch.testing.assert_close(got, res.scores, atol=1e-4, rtol=0)
+    other = sid_scores(model, trie, prompts, res.sids, eos=not eos)  # the <eos> step's log-prob is no zero
+    assert ((other - got).abs() > 1e-3).all()
 
 
 def test_missing_entries_score_minus_infinity(setup):

@@ -21,46 +21,52 @@ from spec_checks import ATOL, BATCH, ROWS, TOY, check_items, levels_table, outco
 # come from conftest.py; the constants and checks shared with other decoding tests from spec_checks.py.
 
 
-def check_self_draft(acc: torch.Tensor, level: torch.Tensor, L: int, gamma: int, exact_width: bool) -> None:
+def check_self_draft(acc: torch.Tensor, level: torch.Tensor, L: int, gamma: int, exact_width: bool,
+                     eos: bool = False) -> None:
     """The target as its own draft. With N = K its beam search is the target's, so every drafted
     level is accepted. With N > K only the first drafted level of a round is sure to be (its top-N
     extensions of the target's beams hold the top-K); deeper levels extend the draft's N beams,
-    whose best N children need not hold the children of the target's K beams."""
+    whose best N children need not hold the children of the target's K beams. A tree drafts up to
+    one level short of the end (L, or L + 1 with <eos>)."""
     active = acc >= 0
-    full = torch.minimum((L - level).clamp(min=0), torch.tensor(gamma))[active]
+    full = torch.minimum((L + int(eos) - 1 - level).clamp(min=0), torch.tensor(gamma))[active]
     if exact_width:
         assert torch.equal(acc[active], full), "the target as its own draft (N = K) was rejected"
     else:
         assert (acc[active] >= full.clamp(max=1)).all(), "the target as its own draft lost its first level"
 
 
-# (K, N, gamma, draft, batch): every K with every draft at both batch sizes; N = K, 2K and 40 and
-# gamma 1 and 3 rotate over them so each K meets several (N, gamma).
+# (K, N, gamma, draft, batch, eos): every K with every draft at both batch sizes; N = K, 2K and 40 and
+# gamma 1 and 3 rotate over them so each K meets several (N, gamma); eos (score <eos> as an (L+1)-th
+# step) is on in about a third of them, for every draft, both batch sizes and every K.
 CASES = [
-    (1, 40, 3, "random", BATCH), (5, 5, 1, "random", BATCH), (10, 20, 3, "random", BATCH), (20, 40, 3, "random", BATCH),
-    (1, 1, 3, "self", BATCH), (5, 5, 1, "self", BATCH), (10, 10, 3, "self", BATCH), (20, 20, 1, "self", BATCH),
-    (1, 1, 1, "noisy", BATCH), (5, 40, 3, "noisy", BATCH), (10, 20, 1, "noisy", BATCH), (20, 20, 3, "noisy", BATCH),
-    (1, 1, 3, "random", 1), (5, 10, 3, "random", 1), (10, 40, 1, "random", 1), (20, 20, 3, "random", 1),
-    (1, 2, 1, "self", 1), (5, 5, 3, "self", 1), (10, 20, 3, "self", 1), (20, 20, 3, "self", 1),
-    (1, 2, 1, "noisy", 1), (5, 10, 3, "noisy", 1), (10, 10, 1, "noisy", 1), (20, 40, 3, "noisy", 1),
+    (1, 40, 3, "random", BATCH, False), (5, 5, 1, "random", BATCH, True), (10, 20, 3, "random", BATCH, False),
+    (20, 40, 3, "random", BATCH, True), (1, 1, 3, "self", BATCH, True), (5, 5, 1, "self", BATCH, False),
+    (10, 10, 3, "self", BATCH, False), (20, 20, 1, "self", BATCH, True), (1, 1, 1, "noisy", BATCH, False),
+    (5, 40, 3, "noisy", BATCH, False), (10, 20, 1, "noisy", BATCH, True), (20, 20, 3, "noisy", BATCH, True),
+    (1, 1, 3, "random", 1, False), (5, 10, 3, "random", 1, True), (10, 40, 1, "random", 1, False),
+    (20, 20, 3, "random", 1, False), (1, 2, 1, "self", 1, True), (5, 5, 3, "self", 1, False),
+    (10, 20, 3, "self", 1, True), (20, 20, 3, "self", 1, False), (1, 2, 1, "noisy", 1, False),
+    (5, 10, 3, "noisy", 1, True), (10, 10, 1, "noisy", 1, False), (20, 40, 3, "noisy", 1, True),
 ]
 
 
-@pytest.mark.parametrize("K,N,gamma,draft,batch", CASES, ids=[f"K{c[0]}-N{c[1]}-g{c[2]}-{c[3]}-b{c[4]}" for c in CASES])
-def test_strict_equals_beam_search(beauty, reference, K, N, gamma, draft, batch):
+@pytest.mark.parametrize("K,N,gamma,draft,batch,eos", CASES,
+                         ids=[f"K{c[0]}-N{c[1]}-g{c[2]}-{c[3]}-b{c[4]}-{'eos' if c[5] else 'noeos'}" for c in CASES])
+def test_strict_equals_beam_search(beauty, reference, K, N, gamma, draft, batch, eos):
     L = beauty.trie.num_levels
     accepted = []
-    for b, (prompts, want) in enumerate(zip(beauty.prompts(batch), reference(K, batch))):
+    for b, (prompts, want) in enumerate(zip(beauty.prompts(batch), reference(K, batch, eos=eos))):
         drafter = DraftModelDrafter(beauty.drafts[draft], beauty.trie, N)
-        got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, prompts, K, N, gamma)
+        got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, prompts, K, N, gamma, eos=eos)
         check_items(beauty.trie, beauty.vocab, got)
         same = (got.sids == want.sids).all(dim=1)
         assert same.all(), f"batch {b}: users {torch.nonzero(~same).flatten().tolist()} differ from beam search"
         assert torch.equal(got.codes, want.codes)
         torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
-        acc, level = levels_table(stats, L, gamma)
+        acc, level = levels_table(stats, L, gamma, eos)
         if draft == "self":
-            check_self_draft(acc, level, L, gamma, exact_width=N == K)
+            check_self_draft(acc, level, L, gamma, exact_width=N == K, eos=eos)
         accepted.append(acc[acc >= 0])
     accepted = torch.cat(accepted)
     if draft == "noisy":  # partial acceptance: some rounds reject at once, some accept levels
@@ -156,7 +162,7 @@ def test_compiled_rounds_stay_exact(beauty, reference):
         got, stats = engine.run(prompts)
         assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
         torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
-        assert (stats.target_calls() < beauty.trie.num_levels + 1).any()  # some levels were accepted
+        assert (stats.target_calls() < beauty.trie.num_levels).any()  # some levels were accepted (AR: L calls)
     with pytest.raises(ValueError, match="global RNG"):
         SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=2, compile=True, generator=torch.Generator())
 
@@ -170,10 +176,16 @@ def test_negative_depth_is_refused(beauty):
 
 
 # --- relaxed mode: the law of sampling beam search --------------------------------------------------
-@pytest.mark.parametrize("N,gamma,widths,temperature", [(2, 2, (), 1.0), (4, 1, (), 1.0), (4, 2, (3, 2), 1.0), (4, 2, (), 0.5)])
-def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, temperature):
+# (N, gamma, widths, temperature, eos). TOY has L = 2 levels, 3 codes at level 1: without eos a tree
+# drafts level 1 only (level 2 is the target's own), so it is cut below 3 nodes for rejections to occur.
+RELAXED_CASES = [(2, 2, (), 1.0, False), (4, 1, (2,), 1.0, False), (4, 2, (3, 2), 1.0, True), (4, 2, (2,), 0.5, False)]
+
+
+@pytest.mark.parametrize("N,gamma,widths,temperature,eos", RELAXED_CASES)
+def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, temperature, eos):
     """widths: fewer drafted nodes (and draws) at some levels; the law must not change.
-    temperature: the law is that of sampling beam search at that temperature."""
+    temperature: the law is that of sampling beam search at that temperature.
+    eos: the law is that of sampling beam search scoring <eos> too."""
     from recspec.decoding.engine import SpecEngine
 
     vocab = Vocab.for_index(TOY)
@@ -183,13 +195,13 @@ def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, te
     prompts = build_prompts(vocab, TOY, [[0, 4, 5]] * ROWS)
     K, U = 2, trie.num_sids
     engine = SpecEngine(target, DraftModelDrafter(draft, trie, N), trie, K=K, N=N, gamma=gamma, verify="relaxed",
-                        generator=torch.Generator().manual_seed(7), widths=widths, temperature=temperature)
+                        generator=torch.Generator().manual_seed(7), widths=widths, temperature=temperature, eos=eos)
     spec, stats = engine.run(prompts)
-    acc, _ = levels_table(stats, trie.num_levels, gamma)
+    acc, _ = levels_table(stats, trie.num_levels, gamma, eos)
     assert (acc == 0).any() and (acc > 0).any()  # both accepted drafts and residual sampling occur
     sampled = beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(8),
-                          temperature=temperature)
-    top = beam_search(target, trie, build_prompts(vocab, TOY, [[0, 4, 5]]), K)
+                          temperature=temperature, eos=eos)
+    top = beam_search(target, trie, build_prompts(vocab, TOY, [[0, 4, 5]]), K, eos=eos)
     for res in (spec, sampled):
         check_items(trie, vocab, res)
         assert (res.sids[:, 0] != res.sids[:, 1]).all()
@@ -202,11 +214,12 @@ def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, te
     assert a[top_list] / ROWS < 0.8 and (a > 0.01 * ROWS).sum() >= 4
     # the test has power: the draft's own sampling beam search is told apart
     c = outcome_counts(beam_search(draft, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(9),
-                                   temperature=temperature), U)
+                                   temperature=temperature, eos=eos), U)
     seen = (a + c) > 0
     assert chi2_contingency(np.stack([a[seen], c[seen]])).pvalue < 1e-12
     if temperature != 1.0:  # and the temperature took effect: the law at temperature 1 is told apart
-        t1 = outcome_counts(beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(10)), U)
+        t1 = outcome_counts(beam_search(target, trie, prompts, K, sample=True, generator=torch.Generator().manual_seed(10),
+                                        eos=eos), U)
         seen = (a + t1) > 0
         assert chi2_contingency(np.stack([a[seen], t1[seen]])).pvalue < 1e-6
 

@@ -64,36 +64,37 @@ def node_paths(tree: DraftTree, b: int) -> list[dict[tuple[int, ...], int]]:
 
 # --- strict: the target's beam search, whatever the tree's shape ----------------------------------------
 FULL = (91, 24, 64, 64)  # every level-1 code; room for the children of 10 level-2 beams (Beauty)
-CASES = [  # (K, N, gamma, depths, widths, fixed shapes, prior, batch)
-    (1, 96, 2, (1, 2, 2), FULL, False, "pop", BATCH), (10, 96, 2, (1, 2, 2), FULL, False, "pop", 1),
-    (5, 40, 3, (), (), False, "pop", BATCH), (20, 40, 1, (), (), False, "flat", 1),
-    (10, 40, 3, (), (30, 12), False, "pop", BATCH), (1, 40, 2, (), (30, 12), False, "pop", 1),
-    (20, 64, 2, (), (64, 10, 30, 10), True, "pop", BATCH), (5, 96, 2, (1, 2, 2), FULL, True, "flat", 1),
+CASES = [  # (K, N, gamma, depths, widths, fixed shapes, prior, batch, eos)
+    (1, 96, 2, (1, 2, 2), FULL, False, "pop", BATCH, False), (10, 96, 2, (1, 2, 2), FULL, False, "pop", 1, True),
+    (5, 40, 3, (), (), False, "pop", BATCH, True), (20, 40, 1, (), (), False, "flat", 1, False),
+    (10, 40, 3, (), (30, 12), False, "pop", BATCH, False), (1, 40, 2, (), (30, 12), False, "pop", 1, False),
+    (20, 64, 2, (), (64, 10, 30, 10), True, "pop", BATCH, True), (5, 96, 2, (1, 2, 2), FULL, True, "flat", 1, False),
 ]
-BATCH_CASES = [c for c in CASES if c[-1] == BATCH]
+BATCH_CASES = [c for c in CASES if c[-2] == BATCH]
 
 
-@pytest.mark.parametrize("K,N,gamma,depths,widths,fixed,prior,batch", CASES,
+@pytest.mark.parametrize("K,N,gamma,depths,widths,fixed,prior,batch,eos", CASES,
                          ids=[f"K{c[0]}-N{c[1]}-g{c[2]}-d{''.join(map(str, c[3]))}-w{'_'.join(map(str, c[4]))}"
-                              f"-{'fixed' if c[5] else 'eager'}-{c[6]}-b{c[7]}" for c in CASES])
-def test_strict_equals_beam_search(beauty, reference, K, N, gamma, depths, widths, fixed, prior, batch):
-    case = (K, N, gamma, depths, widths, fixed, prior, batch)
+                              f"-{'fixed' if c[5] else 'eager'}-{c[6]}-b{c[7]}-{'eos' if c[8] else 'noeos'}" for c in CASES])
+def test_strict_equals_beam_search(beauty, reference, K, N, gamma, depths, widths, fixed, prior, batch, eos):
+    case = (K, N, gamma, depths, widths, fixed, prior, batch, eos)
     L = beauty.trie.num_levels
     pop = popularity_prior(beauty.trie, beauty.train) if prior == "pop" else None
     width = max(p.tokens.shape[1] for p in beauty.prompts(batch))
     which = [BATCH_CASES.index(case)] if batch == BATCH else range(SINGLES)  # batch-32 cases: a batch each
-    pairs = list(zip([beauty.prompts(batch)[b] for b in which], reference(K, batch, which)))
+    pairs = list(zip([beauty.prompts(batch)[b] for b in which], reference(K, batch, which, eos)))
     root_fits = int(fan_out(beauty.trie)[beauty.trie.ROOT]) <= min((widths or (N,))[0], N)
     for b, (prompts, want) in enumerate(pairs):
         engine = SpecEngine(beauty.target, TrieDrafter(beauty.trie, N, pop), beauty.trie, K=K, N=N, gamma=gamma,
-                            depths=depths, widths=widths, fixed_shapes=fixed, prompt_width=width if fixed else None)
+                            depths=depths, widths=widths, fixed_shapes=fixed, prompt_width=width if fixed else None,
+                            eos=eos)
         got, stats = engine.run(prompts)
         check_items(beauty.trie, beauty.vocab, got)
         same = (got.sids == want.sids).all(dim=1)
         assert same.all(), f"batch {b}: users {torch.nonzero(~same).flatten().tolist()} differ from beam search"
         assert torch.equal(got.codes, want.codes)
         torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
-        acc, _ = levels_table(stats, L, max((gamma, *depths)))
+        acc, _ = levels_table(stats, L, max((gamma, *depths)), eos)
         if root_fits:  # the first round's tree holds every level-1 code
             assert (acc[:, 0] >= 1).all(), "a tree holding every level-1 code must be accepted at level 1"
         assert (acc > 0).any(), "the trie's children were never accepted"
@@ -120,14 +121,15 @@ def descendants(trie: SIDTrie, levels: int) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 11])
-def test_a_tree_holding_every_child_takes_two_target_calls(beauty, make_decoder, seed):
-    """depths (1, 2, L - 2), widths FULL (N past its end): round 1 drafts every level-1 code, round 2
-    every descendant of the target's 10 level-2 beams down to the leaves. Where they fit the widths,
-    the tree holds every child and both rounds are accepted whatever the target's weights: 2 target
-    calls per user."""
+@pytest.mark.parametrize("seed,eos", [(1, False), (11, True)])
+def test_a_tree_holding_every_child_takes_two_target_calls(beauty, make_decoder, seed, eos):
+    """depths (1, 2, D), widths FULL (N past its end): round 1 drafts every level-1 code, round 2 every
+    descendant of the target's 10 level-2 beams down to level L - 1 (D = L - 3: the target's own level L
+    ends the search) or, with eos, down to the leaves (D = L - 2: <eos> is the target's own step). Where
+    they fit the widths, the tree holds every child and both rounds are accepted whatever the target's
+    weights: 2 target calls per user."""
     trie, L = beauty.trie, beauty.trie.num_levels
-    K, N, depths = 10, 96, (1, 2, L - 2)
+    K, N, depths = 10, 96, (1, 2, L - 2 if eos else L - 3)
     target = beauty.target if seed == 1 else make_decoder(beauty.vocab, seed=seed, **TARGET)
     below = descendants(trie, L - 2)  # below[j - 1]: descendants at SID level 2 + j of a level-2 state
     widths = FULL + (N,) * (L - len(FULL))  # the tree's width at SID level l is widths[l - 1]
@@ -136,10 +138,12 @@ def test_a_tree_holding_every_child_takes_two_target_calls(beauty, make_decoder,
     for prompts in beauty.batched[:CALL_BATCHES]:
         states, live = level2_beams(target, trie, prompts, K)
         assert live.all()
-        fits = torch.stack([(below[j - 1][states] * live).sum(dim=1) <= widths[1 + j] for j in range(1, L - 1)]).all(0)
-        engine = SpecEngine(target, TrieDrafter(trie, N, prior), trie, K=K, N=N, gamma=2, depths=depths, widths=FULL)
+        last = L if eos else L - 1  # the deepest SID level round 2 drafts
+        fits = torch.stack([(below[j - 1][states] * live).sum(dim=1) <= widths[1 + j] for j in range(1, last - 1)]).all(0)
+        engine = SpecEngine(target, TrieDrafter(trie, N, prior), trie, K=K, N=N, gamma=2, depths=depths, widths=FULL,
+                            eos=eos)
         _, stats = engine.run(prompts)
-        levels_table(stats, L, max(depths))
+        levels_table(stats, L, max(depths), eos)
         calls = stats.target_calls()
         assert (calls[fits] == 2).all(), f"users {torch.nonzero(fits & (calls != 2)).flatten().tolist()} took more calls"
         assert fits.all(), f"users {torch.nonzero(~fits).flatten().tolist()} have more children than the widths"
@@ -380,7 +384,7 @@ def test_relaxed_follows_sampling_beam_search(toy_laws, N, widths, draws):
         assert (stats.target_calls() == 1).all(), "a tree holding every child was rejected"
     else:
         assert int(fan_out(trie)[trie.ROOT]) > w[0]
-        assert (acc[:, 0] == 2).any() and (acc[:, 0] == 0).any()  # level 1 accepted (and level 2) or rejected
+        assert (acc[:, 0] == trie.num_levels - 1).any() and (acc[:, 0] == 0).any()  # level 1 accepted or rejected
     check_items(trie, vocab, spec)
     assert (spec.sids[:, 0] != spec.sids[:, 1]).all() and (spec.scores[:, 0] >= spec.scores[:, 1]).all()
     a = outcome_counts(spec, trie.num_sids)

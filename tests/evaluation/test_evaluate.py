@@ -118,3 +118,38 @@ def test_an_index_with_shared_sids_gives_k_distinct_items_and_metrics_over_them(
     index.save(tmp_path / "saved.index.json")  # the resolved index round-trips
     again = SIDIndex.load(tmp_path / "saved.index.json")
     assert np.array_equal(again.codes, index.codes) and again.fingerprint() == index.fingerprint()
+
+
+LONG = [list(range(0, 30, 2)) + [1, 3], [5, 11, 17, 23, 29, 0, 6, 12], list(range(25)), [7]]  # exclusions that bite
+
+
+@pytest.mark.parametrize("eos", [False, True])
+def test_recommend_with_eos_and_excluded_histories_matches_one_user_search(toy, eos):
+    from recspec.data.exclusion import history_rows
+
+    index, vocab, trie, model = toy
+    res = recommend(model, trie, vocab, index, LONG, K=5, batch_size=3, eos=eos, exclude_history=True)
+    plain = recommend(model, trie, vocab, index, LONG, K=5, batch_size=3, eos=eos)
+    assert any(set(trie.item_sid[h].tolist()) & set(row) for h, row in zip(LONG, plain.sids.tolist()))
+    for u, h in enumerate(LONG):
+        one = beam_search(model, trie, build_prompts(vocab, index, [h]), 5, eos=eos, exclude=history_rows(trie, [h]))
+        assert torch.equal(res.sids[u], one.sids[0]) and torch.allclose(res.scores[u], one.scores[0], atol=1e-5)
+        assert (res.sids[u] >= 0).all() and not set(res.sids[u].tolist()) & set(trie.item_sid[h].tolist())
+
+
+@pytest.mark.parametrize("eos", [False, True])
+def test_hf_baseline_excludes_histories_like_ours(toy, eos):
+    """The transformers baseline with per-user pruned prefixes returns our lists (a batch of users, left-padded)."""
+    pytest.importorskip("transformers")
+    from recspec.data.catalog import Catalog
+    from recspec.data.exclusion import history_rows
+    from recspec.evaluation.hf_baseline import hf_call, to_transformers
+
+    index, vocab, trie, model = toy
+    cat = Catalog(data=None, index=index, vocab=vocab, trie=trie, index_path=None)
+    examples = [Example(str(u), tuple(h), (0,)) for u, h in enumerate(LONG)]
+    users = list(range(len(LONG)))
+    got, _, _ = hf_call(to_transformers(model), cat, examples, 5, "cpu", eos, exclude_history=True)(users)
+    want = beam_search(model, trie, build_prompts(vocab, index, LONG), 5, eos=eos, exclude=history_rows(trie, LONG))
+    plain, _, _ = hf_call(to_transformers(model), cat, examples, 5, "cpu", eos)(users)
+    assert got == want.sids.tolist() and plain != got

@@ -79,10 +79,10 @@ def test_path_logits_equal_teacher_forced_rows(toy):
 
 
 def test_path_logits_score_beams_like_beam_search(toy):
-    """Full-softmax log-probs along each beam (codes, then <eos>) sum to beam_search's score."""
+    """Full-softmax log-probs along each beam (codes, then <eos>) sum to beam_search's score (eos=True)."""
     data, index, vocab, trie, target = toy
     prompts = build_prompts(vocab, index, [[1, 2, 3], [7], [4, 9, 11, 12]])
-    beams = beam_search(target, trie, prompts, K_PRIME)
+    beams = beam_search(target, trie, prompts, K_PRIME, eos=True)
     logp = path_logits(target, prompts, beams.codes).log_softmax(-1)  # (B, K, L + 1, V)
     tokens = torch.cat([beams.codes, torch.full((3, K_PRIME, 1), EOS)], dim=-1)
     scores = logp.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
@@ -128,7 +128,7 @@ def test_generate_and_read_back(toy, tmp_path):
     histories = [data.train[u][max(0, j - HISTORY):j] for u, j in examples.tolist()]
     items = [data.train[u][j] for u, j in examples.tolist()]
     prompts = build_prompts(vocab, index, histories, HISTORY)
-    beams = beam_search(target, trie, prompts, K_PRIME)
+    beams = beam_search(target, trie, prompts, K_PRIME, eos=True)  # the teacher ranks its beams with <eos>
     L = vocab.num_levels
     gt = torch.from_numpy(vocab.item_tokens(index.codes[items]))
     assert torch.equal(f["tokens"][:, 0, :L].long(), gt)  # path 0: the ground truth

@@ -58,14 +58,21 @@ class SIDTrie:
         return SIDTrie(t(self.next_state), t(self.depth), t(self.level_offset), t(self.leaf_sid),
                        t(self.sids), self.sid_items, t(self.item_sid), self.vocab_size, self.end_state)
 
-    def allowed(self, state: torch.Tensor) -> torch.Tensor:
-        """(...,) states -> (..., V) bool mask of allowed next tokens. One vectorised call."""
+    def allowed(self, state: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
+        """(...,) states -> (..., V) bool mask of allowed next tokens. One vectorised call.
+
+        banned (B, S) bool: states user b may not enter (`exclusion.banned_states`); then state is
+        (B, ...) and a move into a banned state is not allowed."""
         shape = state.shape
         s = state.reshape(-1)
         cmax = self.next_state.shape[1]
         cols = self.level_offset[self.depth[s]][:, None] + torch.arange(cmax, device=s.device)  # (n, Cmax)
+        ok = self.next_state[s] >= 0  # (n, Cmax)
+        if banned is not None:
+            child = self.next_state[s].clamp(min=0).reshape(banned.shape[0], -1)  # (B, n / B * Cmax)
+            ok = ok & ~banned.gather(1, child).reshape(ok.shape)
         out = torch.zeros(s.shape[0], self.vocab_size + cmax, dtype=torch.bool, device=s.device)
-        out.scatter_(1, cols, self.next_state[s] >= 0)
+        out.scatter_(1, cols, ok)
         return out[:, : self.vocab_size].reshape(*shape, self.vocab_size)
 
     def step(self, state: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,10 @@
 
 Scores are cumulative log-probabilities under the model's full softmax (invalid tokens are masked
 after normalisation, as Hugging Face's `prefix_allowed_tokens_fn` does). Every item takes L code
-steps and one `<eos>` step, whose log-prob is part of the final score.
+steps, one model call each (the prefill and L - 1 decode calls), and its score is the sum of its
+code log-probs. With eos=True it also takes the `<eos>` step, an (L+1)-th call whose log-prob is
+part of the final score (transformers' `generate` does this); since every item has L codes, that
+step only reorders the K items.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recspec.data.exclusion import banned_states
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
 from recspec.decoding.verify import gumbel_topk
@@ -22,8 +26,8 @@ from recspec.models.decoder import Decoder
 class BeamResult:
     """K items per user, best first."""
 
-    sids: torch.Tensor  # (B, K) int64 row of trie.sids (-1: no valid item, only if K > catalogue)
-    scores: torch.Tensor  # (B, K) float32 cumulative log-prob, <eos> included
+    sids: torch.Tensor  # (B, K) int64 row of trie.sids (-1: no valid item, only if K > the items allowed)
+    scores: torch.Tensor  # (B, K) float32 cumulative log-prob of the codes (and <eos>, if it was scored)
     codes: torch.Tensor  # (B, K, L) int64 token ids of the SID codes
     margin: torch.Tensor | None = None  # (B,) smallest gap between the K-th kept and the best dropped candidate
 
@@ -74,8 +78,13 @@ def boundary_gap(scores: torch.Tensor, logp: torch.Tensor, allowed: torch.Tensor
 
 @torch.no_grad()
 def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample: bool = False,
-                generator: torch.Generator | None = None, audit: bool = False, temperature: float = 1.0) -> BeamResult:
+                generator: torch.Generator | None = None, audit: bool = False, temperature: float = 1.0,
+                eos: bool = False, exclude: torch.Tensor | None = None) -> BeamResult:
     """prompts (B users) -> their top-K items under the model's constrained beam search.
+
+    eos=True: also score <eos> after the L codes (one more model call), as transformers' generate does.
+    exclude (B, U) bool: SID rows user b must not get (`exclusion.history_rows`); the search runs on
+    each user's trie of allowed items (`exclusion.banned_states`).
 
     sample=True: sampling beam search instead: each step keeps K extensions drawn without
     replacement from the softmax of their cumulative log-probs (the law relaxed speculative
@@ -95,24 +104,26 @@ def beam_search(model: Decoder, trie: SIDTrie, prompts: Prompts, K: int, sample:
     codes = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)
     path = torch.zeros(B, 1, 0, dtype=torch.int64, device=dev)  # (B, M, j) cache slots of each beam's tokens
     margin = torch.full((B,), float("inf"), device=dev)
-    for level in range(L + 1):
+    banned = banned_states(trie, exclude) if exclude is not None else None  # (B, S)
+    steps = L + int(eos)
+    for level in range(steps):
+        allowed = trie.allowed(state, banned)  # (B, M, V)
         if sample:
-            parent, token, scores = sample_extensions(scores, logp, trie.allowed(state), K, generator, temperature)
+            parent, token, scores = sample_extensions(scores, logp, allowed, K, generator, temperature)
         else:
             prev = scores
-            parent, token, scores = topk_extensions(prev, logp, trie.allowed(state), K)
+            parent, token, scores = topk_extensions(prev, logp, allowed, K)
             if audit:
-                margin = torch.minimum(margin, boundary_gap(prev, logp, trie.allowed(state), scores))
+                margin = torch.minimum(margin, boundary_gap(prev, logp, allowed, scores))
         state = trie.step(_gather(state, parent), token)
-        if level == L:
+        codes = torch.cat([_gather(codes, parent), token[..., None]], dim=-1) if level < L else _gather(codes, parent)
+        if level + 1 == steps:  # the last step's tokens are never fed
             break
-        codes = torch.cat([_gather(codes, parent), token[..., None]], dim=-1)
         slots = (T + level * K + torch.arange(K, device=dev)).expand(B, K)
         path = torch.cat([_gather(path, parent), slots[..., None]], dim=-1)  # (B, K, level + 1)
         positions = prompts.lengths[:, None] + level
         logits = model(token, positions.expand(B, K), ancestor_mask(keys, path), cache, slots)
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, K, V)
-    codes = _gather(codes, parent)
     if sample:  # best first, as in the top-K search
         order = scores.argsort(dim=1, descending=True, stable=True)
         scores, codes = scores.gather(1, order), _gather(codes, order)

@@ -4,13 +4,14 @@ Every tensor the loop touches lives in a buffer allocated once for a (batch, pro
 so each round shape (first round or not, draft depth d) can be captured once as a CUDA graph and
 replayed. The only host synchronisation is one read of the users' levels per speculative round, which
 decides whether to stop and how deep the next tree is (marked below); AR needs none. gamma = 0 gives autoregressive
-beam search through the same code.
+beam search through the same code: L rounds (L + 1 with eos).
 """
 
 from __future__ import annotations
 
 import torch
 
+from recspec.data.exclusion import banned_states
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import PAD, Prompts
 from recspec.decoding.beam_search import BeamResult
@@ -26,7 +27,8 @@ class SpecEngine:
     def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
                  verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False,
                  prompt_width: int | None = None, depths: tuple[int, ...] = (), compile: bool = False,
-                 widths: tuple[int, ...] = (), fixed_shapes: bool = False, temperature: float = 1.0):
+                 widths: tuple[int, ...] = (), fixed_shapes: bool = False, temperature: float = 1.0,
+                 eos: bool = False):
         """prompt_width: left-pad every prompt to this many columns, so that batches of different
         prompt lengths share one buffer shape (and one set of CUDA graphs).
         depths: draft depth by the SID level a round starts from (depths[l] for rounds whose slowest
@@ -44,7 +46,9 @@ class SpecEngine:
         without capturing anything, so that the CPU can test the math the graphs run.
         compile: run each round through torch.compile (one graph per round shape, fullgraph): fewer,
         fused kernels; with cuda_graphs the compiled round is what is captured. Rounds then keep fixed
-        shapes (no tree trimming or early exit), as under graphs."""
+        shapes (no tree trimming or early exit), as under graphs.
+        eos: also score <eos> after the L codes, as transformers' generate does (AR: L + 1 calls, not L).
+        Trees never draft <eos>: a tree reaching level L leaves it to the target's bonus level."""
         gamma = gamma if drafter is not None else 0
         depths = tuple(depths) if drafter is not None else ()
         check_models(target, trie, K, N, gamma, verify)
@@ -59,7 +63,7 @@ class SpecEngine:
         self.depths, self.widths = depths, tuple(widths) if drafter is not None else ()
         self.target, self.drafter, self.trie = target, drafter, trie
         self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
-        self.temperature = float(temperature)
+        self.temperature, self.eos = float(temperature), eos
         self.gamma_max = max((gamma, *depths))  # tree slots the layout reserves
         self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
         self.static = cuda_graphs or compile or fixed_shapes  # fixed shapes per (first, d, widths): no host sync in a round
@@ -70,16 +74,17 @@ class SpecEngine:
     # --- buffers ------------------------------------------------------------------------------
     def _allocate(self, B: int, T: int, device) -> None:
         L = self.trie.num_levels
-        self.lay = Layout(T=T, L=L, K=self.K, N=self.N, gamma=self.gamma_max)
+        self.lay = Layout(T=T, L=L, K=self.K, N=self.N, gamma=self.gamma_max, eos=self.eos)
         self.prompts = Prompts(torch.full((B, T), PAD, dtype=torch.long, device=device),
                                torch.ones(B, dtype=torch.long, device=device))
         self.keys = torch.zeros(B, self.lay.slots, dtype=torch.bool, device=device)
         self.cache = self.target.new_cache(B, self.lay.slots)
         self.beams = initial_beams(B, self.K, L, self.lay, self.trie.ROOT, device)
         self.accepted = torch.zeros(B, dtype=torch.long, device=device)
+        self.banned: torch.Tensor | None = None  # (B, S) bool, allocated by the first run with exclusions
         self._shape, self._graphs = (B, T), {}
 
-    def _load(self, prompts: Prompts) -> None:
+    def _load(self, prompts: Prompts, exclude: torch.Tensor | None = None) -> None:
         B, T = prompts.tokens.shape
         if self.prompt_width is not None and T < self.prompt_width:
             pad = prompts.tokens.new_full((B, self.prompt_width - T), PAD)
@@ -89,8 +94,22 @@ class SpecEngine:
             self._allocate(B, T, prompts.tokens.device)
         self.prompts.tokens.copy_(prompts.tokens)
         self.prompts.lengths.copy_(prompts.lengths)
+        self._load_exclusions(exclude)
         if self.drafter is not None:
             self.drafter.start(self.prompts, self.lay)  # binds buffers; its prefill runs in the first round
+
+    def _load_exclusions(self, exclude: torch.Tensor | None) -> None:
+        """exclude (B, U) bool SID rows -> the static (B, S) buffer of states each user may not enter."""
+        self.masked = exclude is not None
+        if not self.masked:
+            return
+        if exclude.shape != (self.prompts.tokens.shape[0], self.trie.num_sids):
+            raise ValueError(f"exclude has shape {tuple(exclude.shape)}, expected (users, SIDs) = "
+                             f"{(self.prompts.tokens.shape[0], self.trie.num_sids)}")
+        banned = banned_states(self.trie, exclude.to(self.prompts.tokens.device))
+        if self.banned is None:
+            self.banned = torch.zeros_like(banned)
+        self.banned.copy_(banned)
 
     # --- one round ----------------------------------------------------------------------------
     def _round(self, first: bool, d: int, clock: PhaseClock, widths: tuple[int, ...] | None = None) -> None:
@@ -98,15 +117,16 @@ class SpecEngine:
             B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
             self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
             self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, dev))
-        active = self.beams.level <= self.lay.L
+        active = self.beams.level < self.lay.end
         beams, verdict = self._round_fn(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
                                         self.keys, self.beams, first, d, self.verify, self.gen, clock,
-                                        eager=not self.static, widths=widths, temperature=self.temperature)
+                                        eager=not self.static, widths=widths, temperature=self.temperature,
+                                        banned=self.banned if self.masked else None)
         self.beams.copy_(beams)
         self.accepted.copy_(torch.where(active, verdict.accepted, torch.full_like(verdict.accepted, -1)))
 
     def _replay(self, first: bool, d: int, widths: tuple[int, ...] | None) -> None:
-        key = (first, d, widths)
+        key = (first, d, widths, self.masked)
         if key not in self._graphs:
             self._graphs[key] = self._capture(first, d, widths)
         self._graphs[key].replay()
@@ -129,18 +149,21 @@ class SpecEngine:
 
     # --- the loop -----------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, prompts: Prompts, clock: PhaseClock | None = None) -> tuple[BeamResult, SpecStats]:
+    def run(self, prompts: Prompts, clock: PhaseClock | None = None,
+            exclude: torch.Tensor | None = None) -> tuple[BeamResult, SpecStats]:
+        """prompts (B users) -> top-K items per user and statistics. exclude (B, U) bool: SID rows user b
+        must not get (`exclusion.history_rows`); each user's search runs on her trie of allowed items."""
         clock, stats = clock or PhaseClock(), SpecStats()
-        self._load(prompts)
-        L, first, rounds = self.lay.L, True, 0
+        self._load(prompts, exclude)
+        end, first, rounds = self.lay.end, True, 0
         while True:
-            if self.drafter is None or first:  # first round: level 0; AR: one level per round, L + 1 rounds
+            if self.drafter is None or first:  # first round: level 0; AR: one level per round, `end` rounds
                 lo = rounds
             else:
                 lo = int(self.beams.level.min())  # host sync: one per round, decides stop and tree depth
-            if lo > L:
+            if lo >= end:
                 break
-            d = min(self.depth_from(lo), max(L - lo, 0)) if self.drafter is not None else 0
+            d = min(self.depth_from(lo), max(end - 1 - lo, 0)) if self.drafter is not None else 0
             widths = self.widths_from(lo, d)
             if self.graphs_on:
                 self._replay(first, d, widths)

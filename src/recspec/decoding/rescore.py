@@ -15,14 +15,15 @@ from recspec.training.teacher import path_logits
 
 
 @torch.no_grad()
-def sid_scores(model: Decoder, trie: SIDTrie, prompts: Prompts, sids: torch.Tensor) -> torch.Tensor:
+def sid_scores(model: Decoder, trie: SIDTrie, prompts: Prompts, sids: torch.Tensor, eos: bool = False) -> torch.Tensor:
     """prompts (B users); sids (B, M) unique-SID rows (-1: none) -> (B, M) float32 sum over the L codes
-    and <eos> of log softmax(logits) at each step, as beam search scores them (-inf where sid < 0)."""
+    (and <eos>, with eos=True) of log softmax(logits) at each step, as beam search scores them (-inf
+    where sid < 0)."""
     B, M = sids.shape
     L = trie.num_levels
     codes = trie.sids[sids.clamp(min=0)]  # (B, M, L)
     tokens = codes + trie.level_offset[:L].to(codes.device)  # (B, M, L) token ids
     logp = torch.log_softmax(path_logits(model, prompts, tokens).float(), dim=-1)  # (B, M, L + 1, V)
     steps = torch.cat([tokens, torch.full_like(tokens[..., :1], EOS)], dim=-1)  # (B, M, L + 1)
-    score = logp.gather(-1, steps[..., None])[..., 0].sum(-1)  # (B, M)
+    score = logp.gather(-1, steps[..., None])[..., 0][..., : L + int(eos)].sum(-1)  # (B, M)
     return torch.where(sids >= 0, score, torch.full_like(score, float("-inf")))

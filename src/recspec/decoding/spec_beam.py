@@ -35,7 +35,7 @@ class Beams:
     states: torch.Tensor  # (B, M) trie states
     codes: torch.Tensor  # (B, M, L) token ids of the levels produced so far (0-padded)
     path: torch.Tensor  # (B, M, L) committed slots of those tokens (sink-padded)
-    level: torch.Tensor  # (B,) levels produced (0..L+1; L+1 = finished)
+    level: torch.Tensor  # (B,) levels produced (0..lay.end; lay.end = finished: L, or L + 1 with <eos>)
 
     def copy_(self, other: "Beams") -> None:
         """In place, so the tensors stay the same objects (static buffers for CUDA graphs)."""
@@ -46,14 +46,16 @@ class Beams:
 @torch.no_grad()
 def spec_beam_search(target: Decoder, drafter: Drafter | None, trie: SIDTrie, prompts: Prompts, K: int, N: int,
                      gamma: int, verify: str = "strict", generator: torch.Generator | None = None,
-                     clock: PhaseClock | None = None) -> tuple[BeamResult, SpecStats]:
+                     clock: PhaseClock | None = None, eos: bool = False,
+                     exclude: torch.Tensor | None = None) -> tuple[BeamResult, SpecStats]:
     """prompts (B users) -> top-K items per user, and acceptance statistics (eager, any device).
 
-    gamma = 0 (or no drafter) is plain autoregressive beam search through the same loop."""
+    gamma = 0 (or no drafter) is plain autoregressive beam search through the same loop.
+    eos, exclude (B, U) bool: as in `beam_search`."""
     from recspec.decoding.engine import SpecEngine
 
-    engine = SpecEngine(target, drafter, trie, K=K, N=N, gamma=gamma, verify=verify, generator=generator)
-    return engine.run(prompts, clock=clock)
+    engine = SpecEngine(target, drafter, trie, K=K, N=N, gamma=gamma, verify=verify, generator=generator, eos=eos)
+    return engine.run(prompts, clock=clock, exclude=exclude)
 
 
 def check_models(target: Decoder, trie: SIDTrie, K: int, N: int, gamma: int, verify: str) -> None:
@@ -77,21 +79,23 @@ def initial_beams(B: int, K: int, L: int, lay: Layout, root: int, device) -> Bea
 def spec_round(target: Decoder, drafter: Drafter | None, trie: SIDTrie, lay: Layout, cache, prompts: Prompts,
                keys: torch.Tensor, beams: Beams, first: bool, d: int, verify: str, generator,
                clock: PhaseClock, eager: bool, widths: tuple[int, ...] | None = None,
-               temperature: float = 1.0) -> tuple[Beams, Verdict]:
+               temperature: float = 1.0, banned: torch.Tensor | None = None) -> tuple[Beams, Verdict]:
     """One round: propose -> score (one target pass) -> verify -> commit.
 
     eager=False (CUDA graphs): shapes depend on (first, d, widths) only. eager=True allows host syncs
     that save work: the target scores only each tree level's valid nodes, verification stops early.
     widths: at most widths[j] drafted nodes at tree level j (static; None: N each).
-    temperature (relaxed): target and draft sample from their cumulative log-probs / temperature."""
-    frontier = _frontier(beams, lay, not first)
+    temperature (relaxed): target and draft sample from their cumulative log-probs / temperature.
+    banned (B, S) bool: trie states each user may not enter (`exclusion.banned_states`; None: none)."""
+    frontier = _frontier(beams, lay, not first, banned)
     clock.phase("draft")
     if first and drafter is not None:
         drafter.prefill()
     tree = drafter.propose(frontier, d, verify == "relaxed", generator, widths, temperature) if d else None
     clock.phase("verify")
     logp_beams, logp_tree = _score(target, cache, prompts, keys, lay, frontier, tree, trim=eager)
-    beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, eager, temperature)
+    beams, verdict = _verify(trie, lay, beams, logp_beams, logp_tree, tree, lay.K, verify, generator, eager, temperature,
+                             banned)
     clock.phase("other")
     cache.copy_slots(verdict.copy_src, verdict.copy_dst)
     if drafter is not None:
@@ -99,12 +103,12 @@ def spec_round(target: Decoder, drafter: Drafter | None, trie: SIDTrie, lay: Lay
     return beams, verdict
 
 
-def _frontier(beams: Beams, lay: Layout, pending: bool) -> Frontier:
+def _frontier(beams: Beams, lay: Layout, pending: bool, banned: torch.Tensor | None = None) -> Frontier:
     if not pending:
-        return Frontier(None, None, beams.path, beams.scores, beams.states, beams.level)
+        return Frontier(None, None, beams.path, beams.scores, beams.states, beams.level, banned)
     lvl = beams.level.clamp(1, lay.L)
     tokens = beams.codes.gather(2, (lvl - 1)[:, None, None].expand(-1, beams.codes.shape[1], 1))[..., 0]
-    return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level)
+    return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level, banned)
 
 
 def _score(target: Decoder, cache, prompts: Prompts, keys, lay: Layout, f: Frontier, tree: DraftTree | None,
@@ -163,17 +167,19 @@ def _tree_rows(logp: torch.Tensor, widths: list[int], N: int) -> torch.Tensor:
 
 
 def _verify(trie: SIDTrie, lay: Layout, beams: Beams, logp: torch.Tensor, logp_tree, tree: DraftTree | None,
-            K: int, mode: str, gen, early_exit: bool = True, temperature: float = 1.0) -> tuple[Beams, Verdict]:
-    """Level by level: accept while the target's new beams are drafted nodes; commit one more level."""
+            K: int, mode: str, gen, early_exit: bool = True, temperature: float = 1.0,
+            banned: torch.Tensor | None = None) -> tuple[Beams, Verdict]:
+    """Level by level: accept while the target's new beams are drafted nodes; commit one more level.
+    A user's tree levels stop one short of lay.end: the target's own next level finishes her."""
     B, dev, V = logp.shape[0], logp.device, logp.shape[-1]
-    alive = beams.level <= lay.L  # users still verifying this round
-    d_user = (lay.L - beams.level).clamp(min=0).clamp(max=tree.depth if tree is not None else 0)
+    alive = beams.level < lay.end  # users still verifying this round
+    d_user = (lay.end - 1 - beams.level).clamp(min=0).clamp(max=tree.depth if tree is not None else 0)
     beam_node = torch.arange(beams.scores.shape[1], device=dev).expand(B, -1)
     src, dst = [], []
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
     j = 0
     while True:
-        cand = V_.candidate_scores(beams.scores, logp, trie.allowed(beams.states))  # (B, M, V)
+        cand = V_.candidate_scores(beams.scores, logp, trie.allowed(beams.states, banned))  # (B, M, V)
         cand = torch.where(alive[:, None, None], cand, torch.zeros_like(cand))  # finished rows: harmless
         in_tree = alive & (j < d_user)
         parent, token, node, ok = _choose(cand, K, mode, gen, tree, j, beam_node, in_tree, temperature)

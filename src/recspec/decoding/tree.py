@@ -24,6 +24,12 @@ class Layout:
     K: int  # target beams
     N: int  # draft nodes per level
     gamma: int  # most tree levels
+    eos: bool = False  # beams also take the <eos> step after level L (scored, never fed)
+
+    @property
+    def end(self) -> int:
+        """Levels a finished user has produced: L codes, and <eos> when it is scored."""
+        return self.L + int(self.eos)
 
     @property
     def tree_base(self) -> int:

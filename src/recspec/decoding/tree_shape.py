@@ -165,7 +165,7 @@ def shape_from_rounds(rounds: list[Round], first_widths: list[int], K: int, budg
     return TreeShape(N=N, gamma=max(depths[:L], default=0), depths=tuple(depths[:L]), widths=by_level, expand=0.0)
 
 
-def auto_shape(trie: SIDTrie, K: int, budget: int = GPU_TREE_BUDGET, eos: bool = True) -> TreeShape:
+def auto_shape(trie: SIDTrie, K: int, budget: int = GPU_TREE_BUDGET, eos: bool = False) -> TreeShape:
     """The tree shape for this catalogue and K within `budget` tree nodes per target call.
 
     Level 1 is drafted whole when the root's fan-out fits the budget; a deeper level gets the width
@@ -233,10 +233,12 @@ def default_tree_budget(device) -> int:
     return CPU_TREE_BUDGET if torch.device(device).type == "cpu" else GPU_TREE_BUDGET
 
 
-def shape_for(cfg, trie: SIDTrie, K: int, device="cpu", eos: bool = True) -> TreeShape:
+def shape_for(cfg, trie: SIDTrie, K: int, device="cpu") -> TreeShape:
     """The tree of a run configured by `cfg` (a DecodeConfig or BenchConfig: draft_beams, gamma, depths,
-    widths, draft_expand, tree_budget) with the target on `device`: auto where it sets no shape field
-    (budget: tree_budget, else the device's default), else the given shape, checked."""
+    widths, draft_expand, tree_budget, eos) with the target on `device`: auto where it sets no shape field
+    (budget: tree_budget, else the device's default; levels: L, or L + 1 where cfg.eos scores <eos>),
+    else the given shape, checked."""
+    eos = cfg.eos
     shape = given_shape(cfg.draft_beams, cfg.gamma, cfg.depths, cfg.widths, cfg.draft_expand)
     check_budget(cfg.tree_budget, shape is not None)
     if shape is None:

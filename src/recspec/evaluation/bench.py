@@ -3,7 +3,8 @@
 Modes: "ar" (our autoregressive beam search through the engine), "spec-strict", "spec-relaxed",
 "hf" (transformers' `generate` constrained beam search on our exported weights, when installed).
 Each row carries the recommendation quality of the same run (Recall/NDCG@K), acceptance
-statistics and `mismatches`: users whose list differs from AR's (strict must be 0).
+statistics and `mismatches`: users whose list differs from AR's (strict must be 0), and says whether
+`<eos>` was scored as an (L+1)-th step ("eos") and whether history items were excluded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from recspec.data.catalog import Catalog
 from recspec.data.datasets import HISTORY_LEN, Example
+from recspec.data.exclusion import history_rows
 from recspec.data.vocab import build_prompts
 from recspec.decoding.drafters import make_drafter
 from recspec.decoding.engine import SpecEngine
@@ -50,6 +52,9 @@ class BenchConfig:
     tie_tol: float = 1e-4  # a list differing from AR's where the two scores at the first differing rank
     #                        are this close is counted as a tie (floating-point noise), not an error
     relaxed_beams: int = 0  # N for "spec-relaxed" (0: the tree's); its verification loops over the N draws
+    eos: bool = False  # every mode scores <eos> after the L codes, an (L+1)-th target call (transformers' generate);
+    #                    off: L calls (AtSpeed's AR), an item's score is the sum of its code log-probs
+    exclude_history: bool = False  # no mode recommends an item of the user's history (hf included)
 
 
 @dataclass
@@ -86,10 +91,12 @@ def time_calls(call: Callable[[list[int]], tuple[list[list[int]], SpecStats | No
     return out
 
 
-def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example], device):
+def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example], device,
+                exclude_history: bool = False):
     def call(users: list[int]):
-        prompts = build_prompts(catalog.vocab, catalog.index, [examples[i].history for i in users]).to(device)
-        res, st = engine.run(prompts)
+        histories = [examples[i].history for i in users]
+        prompts = build_prompts(catalog.vocab, catalog.index, histories).to(device)
+        res, st = engine.run(prompts, exclude=history_rows(engine.trie, histories) if exclude_history else None)
         return res.sids.tolist(), res.scores.tolist(), st
     return call
 
@@ -119,7 +126,7 @@ def make_engine(mode: str, target: Decoder, draft: Decoder | str | None, catalog
     return SpecEngine(target, drafter, trie, K=K, N=shape.N, gamma=shape.gamma, verify=verify,
                       generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=shape.depths,
                       widths=shape.widths, temperature=cfg.temperature,
-                      compile=cfg.compile)
+                      compile=cfg.compile, eos=cfg.eos)
 
 
 def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:
@@ -137,8 +144,9 @@ def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:
 
 
 def audit_ties(reference: Decoder, catalog: Catalog, examples: Sequence[Example], ar: ModeRun, run: ModeRun,
-               device) -> tuple[int, float, float]:
-    """Re-score, under `reference` (the fp32 target), both lists of every user whose list differs from AR's.
+               device, eos: bool = False) -> tuple[int, float, float]:
+    """Re-score, under `reference` (the fp32 target), both lists of every user whose list differs from AR's
+    (scoring <eos> too with eos=True, as the runs did).
 
     Returns (ties, largest fp32 gap at a first differing rank, largest |run score - fp32 score|).
     A user is a tie when the fp32 scores of the two items at the first differing rank differ by no
@@ -152,7 +160,7 @@ def audit_ties(reference: Decoder, catalog: Catalog, examples: Sequence[Example]
         if a == b:
             continue
         prompts = build_prompts(catalog.vocab, catalog.index, [examples[i].history]).to(device)
-        s32 = sid_scores(reference, trie, prompts, torch.tensor([a, b], device=device).reshape(1, -1))[0].cpu()
+        s32 = sid_scores(reference, trie, prompts, torch.tensor([a, b], device=device).reshape(1, -1), eos)[0].cpu()
         k = len(a)
         got = torch.tensor(ar.scores[i] + run.scores[i])
         ok = torch.isfinite(s32) & torch.isfinite(got)
@@ -165,10 +173,11 @@ def audit_ties(reference: Decoder, catalog: Catalog, examples: Sequence[Example]
 
 
 def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar: ModeRun | None,
-            tie_tol: float = 1e-4, drafter: str | None = None) -> dict:
+            tie_tol: float = 1e-4, drafter: str | None = None, eos: bool = False, exclude_history: bool = False) -> dict:
     med = statistics.median(run.times_s)
     row = {"task": "topk", **({"drafter": drafter} if drafter is not None else {}), "mode": mode, "K": K,
-           "batch": batch, "median_ms": round(med * 1e3, 3), "users_per_s": round(batch / med, 2), "users": len(run.sids)}
+           "batch": batch, "eos": eos, "exclude_history": exclude_history, "median_ms": round(med * 1e3, 3),
+           "users_per_s": round(batch / med, 2), "users": len(run.sids)}
     row.update({k: round(v, 5) for k, v in ranking_metrics(run.sids, gt[: len(run.sids)], [K]).items()})
     if run.stats.accepted:
         s = run.stats.summary()
@@ -207,13 +216,16 @@ def run_bench(target: Decoder, draft: Decoder | str | dict[str, Decoder | str] |
                     from recspec.evaluation.hf_baseline import hf_call
 
                     hb = batches[: max(1, (cfg.hf_users or n) // batch)]
-                    runs[mode, None] = time_calls(hf_call(hf_model, catalog, examples, K, device), hb, min(cfg.warmup, 1), device)
+                    call = hf_call(hf_model, catalog, examples, K, device, cfg.eos, cfg.exclude_history)
+                    runs[mode, None] = time_calls(call, hb, min(cfg.warmup, 1), device)
                     continue
                 for name, d in (drafts.items() if mode != "ar" else [(None, None)]):
                     engine = make_engine(mode, target, d, catalog, K, cfg, device)
-                    runs[mode, name] = time_calls(engine_call(engine, catalog, examples, device), batches, cfg.warmup, device)
+                    call = engine_call(engine, catalog, examples, device, cfg.exclude_history)
+                    runs[mode, name] = time_calls(call, batches, cfg.warmup, device)
             ar = runs.get(("ar", None))
-            new = [row_for(m, K, batch, r, gt, ar if m != "ar" else None, cfg.tie_tol, name) for (m, name), r in runs.items()]
+            new = [row_for(m, K, batch, r, gt, ar if m != "ar" else None, cfg.tie_tol, name, cfg.eos, cfg.exclude_history)
+                   for (m, name), r in runs.items()]
             for r in new:  # the tree each speculative row ran with
                 if r["mode"].startswith("spec"):
                     r.update(shape_columns(tree_shape(r["mode"], K, cfg, catalog, device)))
@@ -221,7 +233,7 @@ def run_bench(target: Decoder, draft: Decoder | str | dict[str, Decoder | str] |
             if reference is not None and ar is not None:
                 for r, run in zip(new, runs.values()):
                     if r.get("mismatches") and run.scores:  # (hf runs keep no scores)
-                        ties, gap, noise = audit_ties(reference, catalog, examples, ar, run, device)
+                        ties, gap, noise = audit_ties(reference, catalog, examples, ar, run, device, cfg.eos)
                         r.update(mismatches_ties_fp32=ties, fp32_gap_max=round(gap, 5), score_noise_max=round(noise, 5))
             for r in new:
                 rows.append(r)

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from recspec.data.datasets import HISTORY_LEN, Example, SplitData
+from recspec.data.exclusion import history_rows
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Vocab, build_prompts
@@ -41,27 +42,33 @@ def length_batches(histories: Sequence[Sequence[int]], batch_size: int) -> list[
 
 def recommend_batches(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex,
                       histories: Sequence[Sequence[int]], K: int, batch_size: int,
-                      device: str | torch.device = "cpu", progress: bool = False) -> Iterator[UserBatch]:
+                      device: str | torch.device = "cpu", progress: bool = False, eos: bool = False,
+                      exclude_history: bool = False) -> Iterator[UserBatch]:
     """Beam-search the top-K unique SIDs of every history, batch by batch (users sorted by length so
     that prompts in a batch need little padding). Each batch says which input users it holds;
-    `recommend` puts them back in input order."""
+    `recommend` puts them back in input order. eos: score <eos> too (`beam_search`); exclude_history:
+    never return an item of the user's history (the whole given history, not only the prompt's items)."""
     trie_dev = trie.to(device)
     batches = length_batches(histories, batch_size)
     for users in tqdm(batches, desc="recommend", unit="batch", disable=not progress):
         prompts = build_prompts(vocab, index, [histories[i] for i in users]).to(device)
-        res = beam_search(model, trie_dev, prompts, K)
+        exclude = history_rows(trie_dev, [histories[i] for i in users]) if exclude_history else None
+        res = beam_search(model, trie_dev, prompts, K, eos=eos, exclude=exclude)
         res = BeamResult(sids=res.sids.cpu(), scores=res.scores.cpu(), codes=res.codes.cpu())
         yield UserBatch(users=torch.tensor(users, dtype=torch.int64), result=res)
 
 
 def recommend(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex, histories: Sequence[Sequence[int]],
-              K: int, batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = False) -> BeamResult:
-    """Top-K unique SIDs for every history, rows in input order. -> BeamResult (U, K) on the CPU."""
+              K: int, batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = False,
+              eos: bool = False, exclude_history: bool = False) -> BeamResult:
+    """Top-K unique SIDs for every history, rows in input order. -> BeamResult (U, K) on the CPU.
+    eos, exclude_history: as in `recommend_batches`."""
     U, L = len(histories), trie.num_levels
     sids = torch.full((U, K), -1, dtype=torch.int64)
     scores = torch.full((U, K), float("-inf"))
     codes = torch.zeros((U, K, L), dtype=torch.int64)
-    for batch in recommend_batches(model, trie, vocab, index, histories, K, batch_size, device, progress):
+    for batch in recommend_batches(model, trie, vocab, index, histories, K, batch_size, device, progress, eos,
+                                   exclude_history):
         sids[batch.users] = batch.result.sids
         scores[batch.users] = batch.result.scores
         codes[batch.users] = batch.result.codes
@@ -82,17 +89,19 @@ def _check_ks(ks: Sequence[int], K: int) -> None:
 @torch.no_grad()
 def evaluate(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex, examples: Sequence[Example],
              K: int = 20, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS, progress: bool = False,
-             device: str | torch.device | None = None) -> dict[str, float | int]:
+             device: str | torch.device | None = None, eos: bool = False,
+             exclude_history: bool = False) -> dict[str, float | int]:
     """Recall@k / NDCG@k of the model's beam search (K beams) on `examples`, plus "users" (scored).
 
     The model is put in eval mode for the run and back into its former mode after; `device`
-    defaults to the model's."""
+    defaults to the model's. eos, exclude_history (each example's history): as in `recommend_batches`."""
     _check_ks(ks, K)
     device = device if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        res = recommend(model, trie, vocab, index, [e.history for e in examples], K, batch_size, device, progress)
+        res = recommend(model, trie, vocab, index, [e.history for e in examples], K, batch_size, device, progress,
+                        eos, exclude_history)
     finally:
         model.train(was_training)
     out: dict[str, float | int] = dict(ranking_metrics(res.sids.tolist(), target_sids(trie, examples), ks))

@@ -3,7 +3,7 @@
 Examples: one per item after each user's first in the training sequences; the prompt holds up to
 `history_len` (20) items before it. For each example the target gives, over M = 1 + K' *paths* of
 L code tokens (path 0 = the ground-truth item, paths 1..K' = the target's top-K' trie-constrained
-beams from `beam_search`, best first), its distribution at the L + 1 positions of every path
+beams from `beam_search` scoring `<eos>` too, best first), its distribution at the L + 1 positions of every path
 (predicting codes 1..L, then `<eos>`): (a) of the spec is path 0, (b) paths 1..K'.
 
 Distributions are restricted to the SID vocabulary: at a position predicting level l,
@@ -187,7 +187,7 @@ def teacher_batch(setup: TeacherSetup, histories: list[list[int]], items: list[i
     dev = s.target.lm_head.weight.device
     prompts = build_prompts(s.vocab, s.index, histories, s.history_len).to(dev)
     gt = torch.from_numpy(s.vocab.item_tokens(s.index.codes[np.asarray(items, dtype=np.int64)])).to(dev)
-    beams = beam_search(s.target, s.trie, prompts, s.K_prime)
+    beams = beam_search(s.target, s.trie, prompts, s.K_prime, eos=True)  # ranked with <eos>, as the paths are stored
     paths = torch.cat([gt[:, None], beams.codes], dim=1)  # (b, M, L)
     sp = sparse_logp(path_logits(s.target, prompts, paths), path_masks(s.vocab, dev), s.keep)
     b, T = prompts.tokens.shape

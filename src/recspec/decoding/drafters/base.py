@@ -25,6 +25,7 @@ class Frontier:
     scores: torch.Tensor  # (B, M) the target's cumulative log-probs
     states: torch.Tensor  # (B, M) trie states
     level: torch.Tensor  # (B,) SID levels produced so far (the pending level's number)
+    banned: torch.Tensor | None = None  # (B, S) bool trie states a user may not enter (exclusions; None: none)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class DraftModelDrafter:
         levels: list[tuple] = []
         keep = min(N, int(self.expand * frontier.scores.shape[1])) if self.expand > 0 else N
         for j, w in enumerate(widths):
-            cand = candidate_scores(scores, logp, self.trie.allowed(states))  # (B, M, V)
+            cand = candidate_scores(scores, logp, self.trie.allowed(states, frontier.banned))  # (B, M, V)
             if j > 0 and not sample and keep < cand.shape[1]:  # nodes are best-first: extend the top `keep`
                 cand = torch.cat([cand[:, :keep], torch.full_like(cand[:, keep:], float("-inf"))], dim=1)
             parent, token, score, draws, logq = self._select(cand, sample, generator, w, temperature)  # (B, w)

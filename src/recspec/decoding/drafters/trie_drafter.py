@@ -110,7 +110,7 @@ class TrieDrafter:
         P = max(N, scores.shape[1])
         levels = []
         for w in widths:
-            child, token = self._children(states)  # (B, P, C)
+            child, token = self._children(states, frontier.banned)  # (B, P, C)
             C = child.shape[-1]
             cand = torch.where(child >= 0, scores[..., None] + self.prior[child.clamp(min=0)], NEG_INF)
             pick, score, draws, logq = _select(cand, sample, generator, w, temperature)  # (B, w) into P * C
@@ -132,13 +132,15 @@ class TrieDrafter:
                          logq=torch.stack(lq, dim=1) if sample else None,
                          fed=widths if any(w < N for w in widths) else None)
 
-    def _children(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """states (B, P) -> child states (B, P, C) (-1: none) and their token ids (B, P, C).
-        A leaf's only child is the end state through <eos>; trees never reach it (depth <= L - level)."""
+    def _children(self, states: torch.Tensor, banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """states (B, P) -> child states (B, P, C) (-1: none, or banned (B, S) for the user) and their
+        token ids (B, P, C). A leaf's only child is the end state through <eos>; trees never reach it."""
         t = self.trie
         child = t.next_state[states]
-        at_code = t.depth[states] < t.num_levels
-        child = torch.where(at_code[..., None], child, torch.full_like(child, -1))
+        ok = (t.depth[states] < t.num_levels)[..., None] & (child >= 0)
+        if banned is not None:
+            ok = ok & ~banned.gather(1, child.clamp(min=0).flatten(1)).reshape(child.shape)
+        child = torch.where(ok, child, torch.full_like(child, -1))
         token = t.level_offset[t.depth[states]][..., None] + torch.arange(child.shape[-1], device=states.device)
         return child, token
 

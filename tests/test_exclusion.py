@@ -74,14 +74,15 @@ def test_allowed_keeps_exactly_the_tokens_that_reach_an_allowed_sid(index, data)
 def test_history_rows_mark_the_sid_of_every_item():
     import numpy as np
 
-    from recspec.data.sids import SIDIndex
+    from recspec.data.sids import SIDIndex, resolve_collisions
 
-    index = SIDIndex(codes=np.array([[0, 0], [0, 1], [1, 0], [0, 0], [1, 1]]), level_sizes=(2, 2), prefixes=("a", "b"))
-    trie = build_trie(index, Vocab.for_index(index))  # items 0 and 3 share a SID
+    index = resolve_collisions(SIDIndex(codes=np.array([[0, 0], [0, 1], [1, 0], [0, 0], [1, 1]]), level_sizes=(2, 2),
+                                        prefixes=("a", "b")))  # items 0 and 3 shared a SID: told apart on load
+    trie = build_trie(index, Vocab.for_index(index))
     rows = history_rows(trie, [[3, 4], [], [1, 1, 2]])
     assert rows.shape == (3, trie.num_sids) and rows.dtype == torch.bool
     for b, hist in enumerate([[3, 4], [], [1, 1, 2]]):
         assert set(rows[b].nonzero().reshape(-1).tolist()) == set(trie.item_sid[hist].tolist())
-    assert rows[0, trie.item_sid[0]]  # item 0 is excluded with item 3: a SID is one output
+    assert not rows[0, trie.item_sid[0]]  # item 0 is no longer excluded with item 3: one item per SID
     with pytest.raises(DataError, match=r"history 1 holds item 5, outside the catalogue's 5 items"):
         history_rows(trie, [[0], [1, 5]])

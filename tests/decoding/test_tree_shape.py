@@ -55,10 +55,10 @@ FEW_CODES = tree_codes([[6], [40], [1]])  # fewer level-1 codes than K, many chi
 def test_wide_root_drafts_level_one_whole_then_the_rest_in_one_round():
     K, budget = 10, GPU_TREE_BUDGET
     L = WIDE_ROOT.shape[1]
-    shape = auto_shape(trie_of(WIDE_ROOT), K, budget)
-    check_well_formed(shape, L, K, budget)
-    assert path(shape, L)[0] == (0, 1) and shape.widths[0] == len({c[0] for c in WIDE_ROOT.tolist()})
-    assert len(path(shape, L)) == 2 and covered(shape, WIDE_ROOT, K)
+    shape = auto_shape(trie_of(WIDE_ROOT), K, budget, eos=True)
+    check_well_formed(shape, L, K, budget, eos=True)
+    assert path(shape, L, eos=True)[0] == (0, 1) and shape.widths[0] == len({c[0] for c in WIDE_ROOT.tolist()})
+    assert len(path(shape, L, eos=True)) == 2 and covered(shape, WIDE_ROOT, K, eos=True)
 
 
 def test_wide_root_above_narrow_levels_takes_level_one_from_the_target():
@@ -66,17 +66,17 @@ def test_wide_root_above_narrow_levels_takes_level_one_from_the_target():
     levels 2..L): the plan takes the one with fewer nodes."""
     K, budget = 10, GPU_TREE_BUDGET
     L = WIDE_ROOT_NARROW_BELOW.shape[1]
-    shape = auto_shape(trie_of(WIDE_ROOT_NARROW_BELOW), K, budget)
-    check_well_formed(shape, L, K, budget)
-    assert path(shape, L) == [(0, 0), (1, L - 1)] and covered(shape, WIDE_ROOT_NARROW_BELOW, K)
+    shape = auto_shape(trie_of(WIDE_ROOT_NARROW_BELOW), K, budget, eos=True)
+    check_well_formed(shape, L, K, budget, eos=True)
+    assert path(shape, L, eos=True) == [(0, 0), (1, L - 1)] and covered(shape, WIDE_ROOT_NARROW_BELOW, K, eos=True)
 
 
 def test_narrow_root_drafts_every_level_in_one_round():
     K, budget = 10, GPU_TREE_BUDGET
     L = NARROW_ROOT.shape[1]
-    shape = auto_shape(trie_of(NARROW_ROOT), K, budget)
-    check_well_formed(shape, L, K, budget)
-    assert path(shape, L) == [(0, L)]  # all L levels drafted, <eos> the bonus level: one target call
+    shape = auto_shape(trie_of(NARROW_ROOT), K, budget, eos=True)
+    check_well_formed(shape, L, K, budget, eos=True)
+    assert path(shape, L, eos=True) == [(0, L)]  # all L levels drafted, <eos> the bonus level: one target call
     assert shape.widths == tuple(need(NARROW_ROOT, K, 0, m) for m in range(1, L + 1))
 
 
@@ -92,10 +92,10 @@ def test_budget_below_the_root_drafts_no_first_level():
     K, budget = 10, 128
     L = BIG_ROOT.shape[1]
     assert need(BIG_ROOT, K, 0, 1) > budget
-    shape = auto_shape(trie_of(BIG_ROOT), K, budget)
-    check_well_formed(shape, L, K, budget)
+    shape = auto_shape(trie_of(BIG_ROOT), K, budget, eos=True)
+    check_well_formed(shape, L, K, budget, eos=True)
     assert shape.depths[0] == 0  # level 1 from the target alone, then the narrow levels below
-    assert path(shape, L) == [(0, 0), (1, L - 1)] and covered(shape, BIG_ROOT, K)
+    assert path(shape, L, eos=True) == [(0, 0), (1, L - 1)] and covered(shape, BIG_ROOT, K, eos=True)
 
 
 def test_k_above_the_fan_out_drafts_every_code_and_keeps_n_at_k():
@@ -103,10 +103,10 @@ def test_k_above_the_fan_out_drafts_every_code_and_keeps_n_at_k():
     L = FEW_CODES.shape[1]
     codes1 = len({c[0] for c in FEW_CODES.tolist()})
     assert codes1 < K
-    shape = auto_shape(trie_of(FEW_CODES), K, budget)
-    check_well_formed(shape, L, K, budget)
+    shape = auto_shape(trie_of(FEW_CODES), K, budget, eos=True)
+    check_well_formed(shape, L, K, budget, eos=True)
     assert shape.widths[0] == codes1 and shape.N >= K
-    assert len(path(shape, L)) == 2 and covered(shape, FEW_CODES, K)
+    assert len(path(shape, L, eos=True)) == 2 and covered(shape, FEW_CODES, K, eos=True)
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,5 +1,6 @@
 """The README runs as written: every command of its bash blocks (scripts/check_readme.py; training commands with a
-step cap, GPU-only scripts through their CPU smoke mode). Slow (minutes): deselect with `-m "not readme"`."""
+step cap, GPU-only scripts through their CPU smoke mode). Slow (minutes), so the default run leaves it out
+(pyproject's `-m 'not readme'`); CI runs it after the suite: `python3 -m pytest tests/test_readme.py -m readme`."""
 
 from __future__ import annotations
 

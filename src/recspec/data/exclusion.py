@@ -53,10 +53,10 @@ def banned_states(trie: SIDTrie, rows: torch.Tensor) -> torch.Tensor:
     those with no allowed SID below them. The end state (after <eos>) is never banned. Device tensors,
     no host sync: the engine fills its static buffer with this at load."""
     B, S = rows.shape[0], trie.next_state.shape[0]
-    prefixes = prefix_states(trie)  # (U, L + 1)
-    allowed = (~rows).int()[:, :, None].expand(-1, -1, prefixes.shape[1])  # (B, U, L + 1)
-    live = torch.zeros(B, S, dtype=torch.int32, device=rows.device)
-    live.scatter_add_(1, prefixes.reshape(1, -1).expand(B, -1), allowed.reshape(B, -1))  # allowed SIDs below
+    allowed = (~rows).int()  # (B, U)
+    live = torch.zeros(B, S, dtype=torch.int32, device=rows.device)  # allowed SIDs below each state
+    for prefix in prefix_states(trie).unbind(1):  # (U,) states of one prefix length
+        live.scatter_add_(1, prefix.expand(B, -1), allowed)
     banned = live == 0
     banned[:, trie.end_state] = False
     return banned

@@ -133,8 +133,9 @@ class TrieDrafter:
                          fed=widths if any(w < N for w in widths) else None)
 
     def _children(self, states: torch.Tensor, banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """states (B, P) -> child states (B, P, C) (-1: none, or banned (B, S) for the user) and their
-        token ids (B, P, C). A leaf's only child is the end state through <eos>; trees never reach it."""
+        """states (B, P) -> child states (B, P, C) (-1: none, or one the user may not enter by `banned`
+        (B, S)) and their token ids (B, P, C). A leaf's only child is the end state through <eos>; trees
+        never reach it."""
         t = self.trie
         child = t.next_state[states]
         ok = (t.depth[states] < t.num_levels)[..., None] & (child >= 0)

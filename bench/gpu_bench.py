@@ -61,6 +61,7 @@ class Block:
     modes: tuple[str, ...]  # "ar", "spec-strict", "spec-relaxed", "hf"
     drafts: dict  # drafter name -> draft model or "trie"
     shape: dict  # BenchConfig tree-shape fields
+    eos: bool = False  # every mode also scores <eos> after the L codes (an (L+1)-th call, as transformers' generate)
 
 
 def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, Decoder]:
@@ -249,6 +250,8 @@ def main():
     # the plan, most wanted first; --blocks picks a subset (nothing is skipped by the clock)
     blocks = [Block("b1-K10", 1, (10,), args.users, args.hf_users, False, strict_hf, both, b1),
               Block("b1-K10-compiled", 1, (10,), args.users, args.hf_users, True, ("ar", "spec-strict", "hf"), trie_only, b1),
+              Block("b1-K10-eos", 1, (10,), args.users, args.hf_users, False, strict_hf, trie_only, b1, eos=True),
+              Block("b1-K10-compiled-eos", 1, (10,), args.users, 0, True, ("ar", "spec-strict"), trie_only, b1, eos=True),
               Block("b1-K10-relaxed", 1, (10,), args.users, 0, False, relaxed, trie_only, b1),
               Block("b64-K10", args.big_batch, (10,), args.users_b64, 128, False, BenchConfig.modes, both, b64),
               Block("b1", 1, rest, args.users, args.hf_users, False, strict_hf, both, b1),
@@ -265,7 +268,7 @@ def main():
     for b in blocks:
         cfg = BenchConfig(Ks=b.Ks, batches=(b.batch,), users=b.users, warmup=3, compile=b.compiled, modes=b.modes,
                           cuda_graphs=DEV == "cuda", hf_users=b.hf_users, tie_tol=args.tie_tol,
-                          temperature=args.temperature, **b.shape)
+                          temperature=args.temperature, eos=b.eos, **b.shape)
         t1 = time.time()
         try:
             new = run_bench(target, b.drafts, cat, test, cfg, device=DEV, hf_model=hf, on_row=lambda r: log(r),

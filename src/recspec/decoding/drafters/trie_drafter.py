@@ -1,10 +1,10 @@
 """A model-free drafter: the trie's own children, ranked by item popularity.
 
-Where the SID trie is narrow, the best draft is no guess at all: the target's K beams at level l
-have few children (Beauty: 1.7 per level-2 prefix, 1.08 per level-3 prefix; the root has 91), so a
-tree that holds every child of every beam is accepted whatever the target prefers. This drafter
-proposes exactly that, with no forward pass: a gather from `trie.next_state` and one top-k. Where a
-level has more children than the tree's width (Beauty's level 2: 72 per level-1 code), it keeps
+Where the SID trie is narrow, the best draft is no guess at all: below the first levels the target's K
+beams have few children each (`recspec data inspect` prints the fan-out per level), so a tree that holds
+every child of every beam is accepted whatever the target prefers. This drafter proposes exactly that,
+with no forward pass: a gather from `trie.next_state` and one top-k. Where a level has more children
+than the tree's width (typically the levels just below the root), it keeps
 those with the highest parent score plus the log-share of training interactions under each child
 (a popularity prior), the draft a retrieval pool would make.
 

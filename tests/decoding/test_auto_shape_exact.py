@@ -128,6 +128,8 @@ def test_strict_with_auto_shapes_equals_beam_search(catalogs, models, reference,
             calls = stats.target_calls()
             assert (calls == planned).all(), f"batch {b}: covered rounds took {calls.tolist()} calls, planned {planned}"
         users += len(prompts.lengths)
+    print(f"[auto-shape exactness] {name} K={K} batch={batch} {drafter} {device}-budget: {users} users, "
+          f"{ties} tie swaps")  # shown with -s: the closing note counts them
     assert users == USERS and ties <= MAX_TIES, f"{ties} users' lists differ from beam search in the order of tied items"
 
 

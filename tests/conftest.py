@@ -55,3 +55,13 @@ def tiny_decoder(vocab: Vocab | int, seed: int = 0, std: float = 0.3, **sizes) -
 def make_decoder():
     """`make_decoder(vocab_or_size, seed=0, std=0.3, **ModelConfig fields)` -> a tiny random Decoder."""
     return tiny_decoder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): its tests and
+    module fixtures (trained models) run on one core, so the suite does not oversubscribe a small machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

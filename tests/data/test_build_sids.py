@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from recspec import cli
@@ -22,12 +21,7 @@ SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
 MAX_DISAMBIGUATED = 0.05  # the share of items a built index may leave on a disambiguating code
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def data_cli(*args) -> dict:

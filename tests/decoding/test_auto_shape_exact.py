@@ -47,13 +47,7 @@ def synthetic_catalog(seed: int = 0) -> Catalog:
     return Catalog(data, index, vocab, build_trie(index, vocab), None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the suite shares two cores with other runs, where a thread pool oversubscribes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

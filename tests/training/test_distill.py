@@ -28,12 +28,7 @@ BASE = DistillConfig(epochs=1, batch_size=8, lr=1e-2, warmup_steps=1, eval_users
                      gamma=2, K=3, threads=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def toy_catalogue(level_sizes=(5, 6), seed: int = 0) -> Catalog:

@@ -299,7 +299,7 @@ def demo(out: str = typer.Option("runs/demo", help="run folder"), epochs: int = 
     for k in ks:
         table.add_column(f"Recall@{k}", justify="right")
         table.add_column(f"NDCG@{k}", justify="right")
-    for name, m in (("recspec target", report["test"]["recspec"]), ("popularity", report["test"]["popularity"])):
+    for name, m in (("target", report["test"]["recspec"]), ("popularity", report["test"]["popularity"])):
         table.add_row(name, *[f"{m[f'{kind}@{k}']:.4f}" for k in ks for kind in ("recall", "ndcg")])
     from rich.console import Console
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recspec.data.datasets import Example, ItemIds, load_lcrec, load_sequential
+from recspec.data.datasets import Example, ItemIds, SplitData, load_lcrec, load_sequential
 from recspec.data.recbole import find_ml100k, load_recbole, recbole_items
 from recspec.data.sids import SIDIndex, collision_stats
 from recspec.errors import DataError
@@ -282,3 +282,15 @@ def test_shipped_catalogues_open_with_one_item_per_sid(name):
     cat = open_catalog(str(SHARED / name))
     assert cat.trie.num_sids == cat.data.num_items
     assert all(len(items) == 1 for items in cat.trie.sid_items)
+
+
+def test_fit_sequences_add_the_valid_period_for_test():
+    from recspec.data.datasets import _UserPeriods, period_split
+
+    users = [_UserPeriods("a", [0, 1], [2, 2], [3]), _UserPeriods("b", [], [4], [5]), _UserPeriods("c", [6], [], [])]
+    train, train_valid, valid, test = period_split(users)
+    assert train == [[0, 1], [6]]
+    assert train_valid == [[0, 1, 2, 2], [4], [6]]  # repeats kept, users without train items included
+    assert [e.history for e in test] == [(0, 1, 2, 2), (4,)]  # the test histories are these sequences
+    data = SplitData("toy", 7, train, valid, test, train_valid=train_valid)
+    assert data.fit_sequences("valid") == train and data.fit_sequences("test") == train_valid

@@ -53,9 +53,19 @@ class SplitData:
     valid: list[Example]
     test: list[Example]
     titles: dict[int, str] = field(default_factory=dict)  # item id -> display title, where known
+    # per user, train- and valid-period item ids in time order: what the test period is predicted from
+    # (a test example's history); [] for data made in memory, where `fit_sequences` falls back to train
+    train_valid: list[list[int]] = field(default_factory=list)
     # (I,) internal id -> the id as the interaction files write it (int, or a RecBole token);
     # () for data made in memory, whose only ids are the internal ones
     item_ids: tuple[int | str, ...] = ()
+
+    def fit_sequences(self, split: str) -> list[list[int]]:
+        """The sequences a model evaluated on `split` may be fitted on: the train period for "valid",
+        the train and valid periods for "test" (every baseline and the final target fit see the same)."""
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        return self.train if split == "valid" or not self.train_valid else self.train_valid
 
     def file_ids(self) -> "ItemIds":
         """The mapping between the dataset's own item ids and the internal ones."""
@@ -95,7 +105,8 @@ def _is_id(x: object) -> bool:
     return isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool))
 
 
-Splits = tuple[list[list[int]], list[Example], list[Example]]  # (train sequences, valid, test)
+# (train sequences, train + valid sequences, valid examples, test examples)
+Splits = tuple[list[list[int]], list[list[int]], list[Example], list[Example]]
 TimedSeq = tuple[str, list[tuple[float, int]]]  # (user, [(time, item), ...] sorted by time)
 
 
@@ -118,14 +129,16 @@ def _example(user: str, history: list[int], targets: list[int]) -> Example | Non
 
 
 def period_split(users: list[_UserPeriods]) -> Splits:
-    """Period split: valid = (train items -> valid items), test = (train + valid items -> test items).
+    """Period split: valid = (train items -> valid items), test = (train + valid items -> test items);
+    the train + valid sequences are what a model evaluated on the test period may be fitted on.
 
     Users with no train item contribute no train sequence; examples need a non-empty history and
     non-empty targets."""
     train = [list(u.train) for u in users if u.train]
+    train_valid = [u.train + u.valid for u in users if u.train + u.valid]
     valid = [_example(u.user, u.train, u.valid) for u in users]
     test = [_example(u.user, u.train + u.valid, u.test) for u in users]
-    return train, [e for e in valid if e], [e for e in test if e]
+    return train, train_valid, [e for e in valid if e], [e for e in test if e]
 
 
 def leave_one_out(seqs: list[tuple[str, list[int]]]) -> Splits:
@@ -248,9 +261,9 @@ def read_sequential(folder: str | os.PathLike, num_items: int | None = None) -> 
     if num_items is None:
         num_items = 1 + max((i for t in tables for _, _, items in t for i in items), default=-1)
     users = [_UserPeriods(tr[1], tr[2], va[2], te[2]) for tr, va, te in zip(*tables)]
-    train, valid, test = period_split(users)
+    train, train_valid, valid, test = period_split(users)
     name = os.path.basename(os.path.normpath(folder))
-    return SplitData(name=name, num_items=num_items, train=train, valid=valid, test=test,
+    return SplitData(name=name, num_items=num_items, train=train, valid=valid, test=test, train_valid=train_valid,
                      item_ids=tuple(range(1, num_items + 1)))
 
 
@@ -304,8 +317,9 @@ def read_lcrec(folder: str | os.PathLike, num_items: int | None = None) -> Split
         num_items = 1 + max((i for _, items in seqs for i in items), default=-1)
     item_path = os.path.join(folder, f"{name}.item.json")
     titles = _lcrec_titles(item_path, num_items) if os.path.exists(item_path) else {}
-    train, valid, test = leave_one_out(seqs)
+    train, train_valid, valid, test = leave_one_out(seqs)
     return SplitData(name=name, num_items=num_items, train=train, valid=valid, test=test, titles=titles,
+                     train_valid=train_valid,
                      item_ids=tuple(range(num_items)))
 
 

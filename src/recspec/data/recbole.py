@@ -175,12 +175,12 @@ def read_recbole(folder: str | os.PathLike, split: str = "loo", min_rating: floa
     item_map = _recbole_item_map(rows)
     seqs = _recbole_user_seqs(rows, item_map)
     if split == "loo":
-        train, valid, test = leave_one_out([(u, [i for _, i in s]) for u, s in seqs])
+        train, train_valid, valid, test = leave_one_out([(u, [i for _, i in s]) for u, s in seqs])
     else:
-        train, valid, test = temporal_split(seqs)
+        train, train_valid, valid, test = temporal_split(seqs)
     items = _read_recbole_items(os.path.join(folder, f"{name}.item"), item_map)
     return SplitData(name=name, num_items=len(item_map), train=train, valid=valid, test=test, titles=items.titles,
-                     item_ids=items.raw_ids)
+                     item_ids=items.raw_ids, train_valid=train_valid)
 
 
 def load_recbole(

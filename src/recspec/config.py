@@ -20,12 +20,15 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base
     rms_eps: float = 1e-6  # RMSNorm epsilon
     tie_embeddings: bool = False  # share input embedding and LM head
+    dropout: float = 0.0  # training only: on the embeddings and on each attention / MLP output (0: none)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -57,7 +60,8 @@ MODEL_PRESETS: dict[str, dict] = {
 class TrainConfig:
     """One training run of a target or a plain (cross-entropy) draft model."""
 
-    epochs: int = 10  # passes over the training windows
+    epochs: int = 10  # passes over the training windows (the schedule's length unless `steps` is set)
+    steps: int = 0  # optimiser steps of the whole schedule, fixed up front: the cosine decay ends here (0: epochs)
     batch_size: int = 64  # sequences per optimiser step
     lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW weight decay
@@ -66,12 +70,28 @@ class TrainConfig:
     window_items: int = 21  # items per training window (20 of history + the next)
     window_stride: int = 10  # items between window starts; each item is a target once
     eval_every: int = 0  # validation Recall@10 every N steps (0: once per epoch)
-    eval_users: int = 500  # validation users scored at each evaluation
+    eval_users: int = 0  # validation users scored at each evaluation (0: all)
+    patience: int = 0  # stop once this many validations in a row have not beaten the best (0: never)
+    fit: str = "train"  # sequences trained on: "train" (validated on the valid period) or "train+valid" (the
+    #                     final fit for test-time use: nothing left to validate on, so last/ is the model)
+    precision: str = "auto"  # "fp32", "bf16" (autocast around each step's forward and loss), "auto": bf16 on a GPU
     seed: int = 0  # shuffling and initialisation
-    max_steps: int = 0  # stop after this many steps (0: no limit)
+    max_steps: int = 0  # stop after this many steps, without changing the schedule (0: no limit)
     time_limit_s: float = 0.0  # stop after this many seconds of training (0: no limit)
     threads: int = 0  # torch CPU threads (0: torch's default)
     optimizer_state: bool = True  # keep AdamW's state in last/ so the run can resume (False: weights only)
+
+    def __post_init__(self) -> None:
+        if self.fit not in FIT_CHOICES:
+            raise ValueError(f"fit must be one of {', '.join(FIT_CHOICES)}, got {self.fit!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.steps < 0 or self.patience < 0 or self.eval_users < 0:
+            raise ValueError("steps, patience and eval_users must be >= 0")
+
+
+FIT_CHOICES = ("train", "train+valid")  # TrainConfig.fit
+PRECISIONS = ("auto", "fp32", "bf16")  # TrainConfig.precision
 
 
 # Most tree nodes fed to the target per call (per user) by the auto tree shape (decoding/tree_shape.py),
@@ -156,7 +176,7 @@ class DistillConfig:
     warmup_steps: int = 100  # linear warm-up before the cosine decay
     grad_clip: float = 1.0  # max gradient norm
     eval_every: int = 0  # validate every N steps (0: once per epoch)
-    eval_users: int = 200  # validation users decoded (strict and relaxed) at each validation
+    eval_users: int = 200  # validation users decoded (strict and relaxed) at each validation (0: none)
     eval_K: int = 10  # target beams K of the validation decoding
     draft_beams: int = 40  # N draft beams of the validation decoding (raised to eval_K where smaller)
     gamma: int = 3  # draft depth of the validation decoding

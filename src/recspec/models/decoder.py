@@ -106,10 +106,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
+        self.dropout = cfg.dropout
 
     def forward(self, x, cos, sin, mask, cache, slots):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + _drop(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots), self.dropout, self.training)
+        return x + _drop(self.mlp(self.post_attention_layernorm(x)), self.dropout, self.training)
+
+
+def _drop(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout in training only; inference never runs an op for it (graphs and outputs stay as without it)."""
+    return F.dropout(x, p, training=True) if training and p > 0 else x
 
 
 class Body(nn.Module):
@@ -139,7 +145,7 @@ class Decoder(nn.Module):
 
     def hidden(self, tokens, positions, mask=None, cache: KVCache | None = None, slots=None) -> torch.Tensor:
         """tokens, positions (B, Q) -> final hidden states (B, Q, C)."""
-        x = self.model.embed_tokens(tokens)
+        x = _drop(self.model.embed_tokens(tokens), self.cfg.dropout, self.training)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for block in self.model.layers:
             x = block(x, cos, sin, mask, cache, slots)

@@ -45,6 +45,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": cfg.tie_embeddings,
+        "recspec_dropout": cfg.dropout,  # training-only residual dropout (ours; transformers ignores it)
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
@@ -69,7 +70,7 @@ def model_config_from_hf(d: dict, where: str) -> ModelConfig:
             num_heads=d["num_attention_heads"], num_kv_heads=d.get("num_key_value_heads", d["num_attention_heads"]),
             intermediate_size=d["intermediate_size"], max_positions=d.get("max_position_embeddings", 512),
             rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))), rms_eps=d.get("rms_norm_eps", 1e-6),
-            tie_embeddings=bool(d.get("tie_word_embeddings", False)))
+            tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=float(d.get("recspec_dropout", 0.0)))
     except KeyError as e:
         raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:  # wrong field types, heads not dividing the width

@@ -187,7 +187,7 @@ class DistillResult:
     best_step: int | None  # step of that validation
     seconds: float  # wall time of this call
     checkpoint: str  # out_dir/best, or out_dir/last where no validation ran
-    stop_reason: str  # "done", "max_steps" or "time_limit"
+    stop_reason: str  # "done", "max_steps", "early_stop" or "time_limit"
     tokens_per_s: float  # student tokens (prompt + path tokens) per second of optimiser steps
 
 

@@ -2,14 +2,22 @@
 (distill.py): AdamW, warm-up + cosine schedule, checkpoints, exact resume, validation that keeps the best.
 
 A subclass says what one epoch's batches are, what a batch's loss is and how to validate
-(`epoch_batches`, `loss`, `evaluate`); the loop does the rest. The schedule spans cfg.epochs passes;
+(`epoch_batches`, `loss`, `evaluate`); the loop does the rest. The schedule spans cfg.steps optimiser
+steps, fixed up front (cfg.epochs passes where cfg.steps is 0), and its cosine decay ends there;
 cfg.max_steps / cfg.time_limit_s only cut a run short, so an interrupted run resumed later ends with
-the weights of an uninterrupted one. The batches of epoch e must be a function of (cfg.seed, e): a
-resumed run replays them without saved RNG state.
+the weights of an uninterrupted one. cfg.patience stops a run early once that many validations in a
+row have not beaten the best. The batches of epoch e must be a function of (cfg.seed, e): a resumed
+run replays them without saved RNG state.
+
+Mixed precision (cfg.precision "bf16", or "auto" on a GPU): each step's forward and loss run under
+their own `torch.autocast` context, entered and left per step. One autocast context around a whole
+run is refused: autocast caches its bf16 copy of each weight until the context exits, so every step's
+forward would see the initial weights while AdamW updated the fp32 ones, and the model learned would
+only work on that stale copy (it scored ~0 once evaluated outside the context; tests/training).
 
 The config is duck-typed: any frozen dataclass with the fields epochs, lr, warmup_steps,
 weight_decay, grad_clip, eval_every, eval_users, seed, max_steps, time_limit_s, threads
-(TrainConfig, DistillConfig).
+(TrainConfig, DistillConfig); steps, patience and precision are optional (0, 0, "auto").
 
 On disk (out_dir):
     last/               model (save_checkpoint) + optim.safetensors (AdamW moments) + optim.json
@@ -25,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -53,6 +62,7 @@ class TrainState:
     epoch: int = 0  # epoch of the next step
     best: float | None = None  # best validation value of the loop's metric so far (higher is better)
     best_step: int | None = None  # step of that validation
+    stale: int = 0  # validations in a row since the best one (for cfg.patience)
 
     @staticmethod
     def from_dict(d: dict) -> "TrainState":
@@ -70,6 +80,18 @@ def lr_at(step: int, total: int, cfg) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training step: bf16 for "bf16" (and "auto" on a GPU), None for fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def step_context(dtype: torch.dtype | None, device: torch.device):
+    """A fresh autocast context for one step's forward and loss (nullcontext for fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def make_optimizer(model: Decoder, cfg) -> torch.optim.AdamW:
@@ -154,7 +176,8 @@ class TrainLoop:
         self.model, self.cfg, self.out_dir, self.info, self.log = model, cfg, out_dir, info, on_log
         self.device = next(model.parameters()).device
         self.per_epoch = per_epoch  # optimiser steps per epoch
-        self.total = cfg.epochs * per_epoch
+        self.total = getattr(cfg, "steps", 0) or cfg.epochs * per_epoch
+        self.amp = autocast_dtype(getattr(cfg, "precision", "auto"), self.device)
         self.opt = make_optimizer(model, cfg)
         self.state = TrainState()
         self.t0 = self.clock()
@@ -240,8 +263,9 @@ class TrainLoop:
             return
         value = m[self.metric]
         self.log({"event": "eval", "step": self.state.step, "epoch": self.state.epoch, **m})
+        self.state.stale += 1
         if self.state.best is None or value > self.state.best:
-            self.state.best, self.state.best_step = value, self.state.step
+            self.state.best, self.state.best_step, self.state.stale = value, self.state.step, 0
             folder = os.path.join(self.out_dir, "best")
             save_checkpoint(self.model, self._meta(metrics=m), folder)
             self.log({"event": "best", "step": self.state.step, self.metric: value, "path": folder})
@@ -252,7 +276,8 @@ class TrainLoop:
         t = self.clock()
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.state.step, self.total, self.cfg)
-        loss, tokens = self.loss(batch)
+        with step_context(self.amp, self.device):  # entered per step: see the module docstring
+            loss, tokens = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -268,6 +293,9 @@ class TrainLoop:
             return "done"
         if self.cfg.max_steps and self.state.step >= self.cfg.max_steps:
             return "max_steps"
+        patience = getattr(self.cfg, "patience", 0)
+        if patience and self.state.stale >= patience:
+            return "early_stop"
         if self.cfg.time_limit_s and self.clock() - self.t0 >= self.cfg.time_limit_s:
             return "time_limit"
         return None
@@ -280,7 +308,7 @@ class TrainLoop:
             n += 1
             bar.update(1)
             end_of_epoch = self.state.step % self.per_epoch == 0
-            if self.state.step % LOG_EVERY == 0 or end_of_epoch:
+            if self.state.step % LOG_EVERY == 0 or end_of_epoch or self.state.step == self.total:
                 self._log_train(bar, float(loss_sum) / n)  # host sync: once per LOG_EVERY steps
                 loss_sum, n = torch.zeros((), device=self.device), 0
             if self.cfg.eval_every and self.state.step % self.cfg.eval_every == 0:
@@ -298,6 +326,9 @@ class TrainLoop:
                   "tokens_per_s": self.tokens / max(self.train_s, 1e-9)})
 
     def run(self, progress: bool, desc: str | None = None) -> str:
+        if torch.is_autocast_enabled(self.device.type):
+            raise RuntimeError("training inside a torch.autocast context: autocast would keep the first step's bf16 "
+                               "weights for every step; set precision='bf16' instead (the loop enters autocast per step)")
         self.model.train()
         reason = self.stop_reason()
         with tqdm(total=self.total, initial=self.state.step, unit="step", desc=desc, disable=not progress) as bar:
@@ -308,8 +339,9 @@ class TrainLoop:
                     if not self.cfg.eval_every:
                         self.validate()
                         self.save_last()
-        if reason == "max_steps" and self.validated_step != self.state.step:
-            self.validate()  # a step cap ends the run: its model is validated (and kept as best/ if it is)
+                        reason = reason or self.stop_reason()
+        if reason in ("max_steps", "done") and self.validated_step != self.state.step:
+            self.validate()  # the run's last model is validated (and kept as best/ if it is)
         if self.saved_step != self.state.step:
             self.save_last()
         return reason

@@ -42,9 +42,10 @@ class TrainResult:
     steps: int  # optimiser steps done, resumed ones included
     epochs_done: int  # complete passes over the training windows
     best_recall10: float  # best validation Recall@10 (NaN: never validated)
+    best_step: int | None  # step of that validation (None: never validated)
     seconds: float  # wall time of this call (training, validation and checkpoints)
     checkpoint: str  # out_dir/best, or out_dir/last where no validation ran
-    stop_reason: str  # "done", "max_steps" or "time_limit"
+    stop_reason: str  # "done", "max_steps", "early_stop" or "time_limit"
     tokens_per_s: float  # training tokens (prompt + targets, no padding) per second of optimiser steps
 
 
@@ -73,9 +74,10 @@ class _Trainer(TrainLoop):
     def __init__(self, model: Decoder, data: SplitData, index: SIDIndex, vocab: Vocab, trie: SIDTrie,
                  cfg: TrainConfig, out_dir: str, role: str, on_log: Callable[[dict], None]):
         self.data, self.index, self.vocab, self.trie = data, index, vocab, trie
-        self.windows = build_windows(data.train, vocab, index, cfg.window_items, cfg.window_stride)
+        sequences = data.fit_sequences("test" if cfg.fit == "train+valid" else "valid")
+        self.windows = build_windows(sequences, vocab, index, cfg.window_items, cfg.window_stride)
         if not len(self.windows):
-            raise DataError(f"{data.name}: no training windows (every training sequence has fewer than 2 items)")
+            raise DataError(f"{data.name}: no training windows (every {cfg.fit} sequence has fewer than 2 items)")
         info = RunInfo(vocab, index.fingerprint(), role, data.name, data_hash(self.windows))
         super().__init__(model, cfg, out_dir, info, math.ceil(len(self.windows) / cfg.batch_size), on_log)
 
@@ -88,9 +90,10 @@ class _Trainer(TrainLoop):
         return next_token_loss(self.model, tokens, labels), int(self.windows.lengths[rows].sum())
 
     def evaluate(self) -> dict | None:
-        """Recall@10 / NDCG@10 on the first cfg.eval_users validation users."""
-        examples = self.data.valid[: self.cfg.eval_users]
-        if not examples:
+        """Recall@10 / NDCG@10 on the first cfg.eval_users validation users (all where 0); None for a
+        train+valid fit, which has trained on the validation period."""
+        examples = self.data.valid[: self.cfg.eval_users or None]
+        if not examples or self.cfg.fit == "train+valid":
             return None
         return evaluate(self.model, self.trie, self.vocab, self.index, examples, K=EVAL_K,
                         batch_size=self.cfg.batch_size, ks=(EVAL_K,))
@@ -106,6 +109,6 @@ def train(model: Decoder, data: SplitData, index: SIDIndex, vocab: Vocab, trie: 
                                                 on_log or (lambda _: None)), cfg.threads, progress)
     best = tr.state.best
     return TrainResult(steps=tr.state.step, epochs_done=tr.state.step // tr.per_epoch,
-                       best_recall10=float("nan") if best is None else best,
+                       best_recall10=float("nan") if best is None else best, best_step=tr.state.best_step,
                        seconds=time.perf_counter() - tr.t0, checkpoint=tr.checkpoint(),
                        stop_reason=reason, tokens_per_s=tr.tokens / max(tr.train_s, 1e-9))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -125,29 +126,39 @@ def data_build_sids(data: str = DATA, out: str = typer.Option(..., help="index j
 
 @app.command()
 def train(data: str = DATA, out: str = typer.Option(..., help="run folder (checkpoints, resume)"),
-          size: str = typer.Option("small", help="model preset: tiny, draft, demo, small, base, gpu-0.5b"),
+          size: str = typer.Option("small", help="model preset: tiny, draft, demo, small, deep, base, gpu-0.5b"),
           role: str = typer.Option("target", help="target or draft"), index_dir: Optional[str] = INDEX_DIR,
-          epochs: int = 10, batch_size: int = 64, lr: float = 2e-3, warmup_steps: int = 100,
-          eval_users: int = 500, max_steps: int = 0, time_limit_s: float = 0.0, threads: int = 0, seed: int = 0,
-          device: str = "cpu"):
-    """Train a target (or a plain cross-entropy draft) with the language-model loss on every next item."""
-    import torch
-
+          epochs: int = typer.Option(10, callback=_positive, help="schedule length in epochs (unless --steps)"),
+          steps: int = typer.Option(0, help="schedule length in optimiser steps, fixed up front; the cosine decay ends "
+                                            "there (0: --epochs)"),
+          batch_size: int = typer.Option(64, callback=_positive), lr: float = 2e-3, warmup_steps: int = 100,
+          weight_decay: float = 0.01, dropout: float = typer.Option(0.0, help="training-only residual dropout"),
+          eval_every: int = typer.Option(0, help="validate every N steps (0: once per epoch)"),
+          eval_users: int = typer.Option(0, help="validation users (0: all)"),
+          patience: int = typer.Option(0, help="stop after N validations without a new best (0: never)"),
+          final_fit: bool = typer.Option(True, "--final-fit/--no-final-fit",
+                                         help="then fit a fresh model on train + valid for the best step's epochs "
+                                              "(OUT/final/last: the test-time model)"),
+          precision: str = typer.Option("auto", help="fp32, bf16 (autocast per step) or auto (bf16 on a GPU)"),
+          max_steps: int = 0, time_limit_s: float = 0.0, threads: int = 0, seed: int = 0, device: str = "cpu"):
+    """Train a target (or a plain cross-entropy draft) with the language-model loss on every next item:
+    a run on the train period validated on every validation user, then the final fit on train + valid."""
     from recspec.data.catalog import open_catalog
     from recspec.demo import model_config
-    from recspec.models.decoder import Decoder
-    from recspec.training.train import train as run_train
+    from recspec.training.recipe import run_recipe
 
     cat = open_catalog(data, index_dir=index_dir or out)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, eval_users=eval_users,
-                      max_steps=max_steps, time_limit_s=time_limit_s, threads=threads, seed=seed)
-    torch.manual_seed(seed)
-    model = Decoder(model_config(cat, size)).to(device)
+    cfg = _checked(TrainConfig, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                   weight_decay=weight_decay, eval_every=eval_every, eval_users=eval_users, patience=patience,
+                   precision=precision, max_steps=max_steps, time_limit_s=time_limit_s, threads=threads, seed=seed)
+    mcfg = _checked(lambda: dataclasses.replace(model_config(cat, size), dropout=dropout))
     evals: list[dict] = []
-    res = run_train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, role=role, on_log=_collect(evals))
+    res = run_recipe(mcfg, cat, cfg, out, device, final_fit=final_fit, role=role, on_log=_collect(evals))
     _print_evals(evals)
-    print(json.dumps({"checkpoint": res.checkpoint, "steps": res.steps, "best_valid_recall@10": res.best_recall10,
-                      "stop_reason": res.stop_reason, "seconds": round(res.seconds, 1)}))
+    print(json.dumps({"checkpoint": res.checkpoint, "steps": res.select.steps, "best_step": res.select.best_step,
+                      "best_valid_recall@10": res.select.best_recall10, "stop_reason": res.select.stop_reason,
+                      "final_fit_steps": res.final_steps, "validated_checkpoint": res.select.checkpoint,
+                      "seconds": round(res.select.seconds + (res.final.seconds if res.final else 0.0), 1)}))
 
 
 # The draft tree: every shape flag at auto (the default) derives it from the catalogue's trie, K and --tree-budget;

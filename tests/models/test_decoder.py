@@ -233,3 +233,4 @@ def test_fused_inference_weights_give_the_same_logits():
         again = model.unfuse().forward_train(tokens)
     assert torch.allclose(plain, fused, atol=1e-5)
     assert torch.equal(plain, again)
+

@@ -144,14 +144,15 @@ def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:
 
 
 def audit_ties(reference: Decoder, catalog: Catalog, examples: Sequence[Example], ar: ModeRun, run: ModeRun,
-               device, eos: bool = False) -> tuple[int, float, float]:
+               device, eos: bool = False, factor: float = 2.0) -> tuple[int, float, float]:
     """Re-score, under `reference` (the fp32 target), both lists of every user whose list differs from AR's
     (scoring <eos> too with eos=True, as the runs did).
 
     Returns (ties, largest fp32 gap at a first differing rank, largest |run score - fp32 score|).
     A user is a tie when the fp32 scores of the two items at the first differing rank differ by no
-    more than twice the largest rounding error measured on that user's two lists: the two orders are
-    then equally right up to the precision the lists were decoded in."""
+    more than `factor` times (2: each item's score may be off either way) the largest rounding error
+    measured on that user's two lists: the two orders are then equally right up to the precision the
+    lists were decoded in."""
     from recspec.decoding.rescore import sid_scores
 
     trie = catalog.trie.to(device)
@@ -167,7 +168,7 @@ def audit_ties(reference: Decoder, catalog: Catalog, examples: Sequence[Example]
         noise = float((s32 - got)[ok].abs().max()) if ok.any() else 0.0
         j = next(t for t, (x, y) in enumerate(zip(a, b)) if x != y)
         gap = abs(float(s32[j] - s32[k + j]))
-        ties += int(gap <= 2 * noise)
+        ties += int(gap <= factor * noise)
         max_gap, max_noise = max(max_gap, gap), max(max_noise, noise)
     return ties, max_gap, max_noise
 

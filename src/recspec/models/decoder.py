@@ -24,9 +24,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised in fp32 at least; returned in the gain's dtype, which is the next layer's input dtype
+        (an fp32 residual stream feeds bf16 projections in bf16; see `Decoder.bf16_inference`)."""
         if x.is_cuda and not torch.is_grad_enabled():  # inference on GPU: one fused kernel
-            return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
-        dtype = x.dtype
+            return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps).to(self.weight.dtype)
+        dtype = self.weight.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
@@ -137,6 +139,7 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.apply(self._init)
+        self.stream_dtype: torch.dtype | None = None  # residual stream dtype (None: the embeddings'); bf16_inference
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -144,9 +147,10 @@ class Decoder(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def hidden(self, tokens, positions, mask=None, cache: KVCache | None = None, slots=None) -> torch.Tensor:
-        """tokens, positions (B, Q) -> final hidden states (B, Q, C)."""
+        """tokens, positions (B, Q) -> final hidden states (B, Q, C), in the final norm's dtype."""
         x = _drop(self.model.embed_tokens(tokens), self.cfg.dropout, self.training)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)  # the layers' dtype
+        x = x.to(self.stream_dtype or x.dtype)
         for block in self.model.layers:
             x = block(x, cos, sin, mask, cache, slots)
         return self.model.norm(x)
@@ -157,7 +161,7 @@ class Decoder(nn.Module):
 
         Keys/values of the Q tokens are written to `slots` before attention, so a query may attend
         to itself and to tokens of the same call (tree attention)."""
-        return self.lm_head(self.hidden(tokens, positions, mask, cache, slots))
+        return self.lm_head(self.hidden(tokens, positions, mask, cache, slots).to(self.lm_head.weight.dtype))
 
     def forward_train(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), right-padded -> logits (B, T, V) under causal attention, positions 0..T-1."""
@@ -175,6 +179,18 @@ class Decoder(nn.Module):
             m.gate_up_weight = torch.cat([m.gate_proj.weight, m.up_proj.weight], dim=0)
         return self
 
+    @torch.no_grad()
+    def bf16_inference(self) -> "Decoder":
+        """In place: bf16 weights for the decoder layers (the bytes a decoding step reads), fp32 for what
+        sets the scores' precision: the residual stream, the final norm and the LM head (V x C, small next
+        to the layers). Logits rounded to bf16 alone moved beam scores by up to 0.06 nats per level and
+        reordered most users' top-10 lists; see evaluation/precision.py. Fused for inference."""
+        self.to(torch.bfloat16)
+        self.model.norm.float()
+        self.lm_head.float()
+        self.stream_dtype = torch.float32
+        return self.eval().fuse_for_inference()
+
     def unfuse(self) -> "Decoder":
         for block in self.model.layers:
             block.self_attn.qkv_weight = None
@@ -182,6 +198,6 @@ class Decoder(nn.Module):
         return self
 
     def new_cache(self, batch: int, slots: int, dtype=None, device=None) -> KVCache:
-        p = self.lm_head.weight
+        p = self.model.embed_tokens.weight  # the layers' dtype (the LM head may be kept in fp32)
         return KVCache.empty(self.cfg.num_layers, batch, self.cfg.num_kv_heads, slots, self.cfg.head_dim,
                              dtype=dtype or p.dtype, device=device or p.device)

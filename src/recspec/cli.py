@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET, DecodeConfig, TrainConfig
+from recspec.config import CPU_TREE_BUDGET, FIT_CHOICES, GPU_TREE_BUDGET, DecodeConfig, TrainConfig
 from recspec.errors import RecSpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast generative recommendation with speculative decoding.")
@@ -136,6 +136,9 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
           eval_every: int = typer.Option(0, help="validate every N steps (0: once per epoch)"),
           eval_users: int = typer.Option(0, help="validation users (0: all)"),
           patience: int = typer.Option(0, help="stop after N validations without a new best (0: never)"),
+          fit: str = typer.Option("train", help="train: the run above (then the final fit); train+valid: fit on train "
+                                                "+ valid directly for --steps, no validation (OUT/last)",
+                                  callback=_one_of(*FIT_CHOICES)),
           final_fit: bool = typer.Option(True, "--final-fit/--no-final-fit",
                                          help="then fit a fresh model on train + valid for the best step's epochs "
                                               "(OUT/final/last: the test-time model)"),
@@ -148,12 +151,13 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
     from recspec.training.recipe import run_recipe
 
     cat = open_catalog(data, index_dir=index_dir or out)
-    cfg = _checked(TrainConfig, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+    cfg = _checked(TrainConfig, epochs=epochs, steps=steps, fit=fit, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                    weight_decay=weight_decay, eval_every=eval_every, eval_users=eval_users, patience=patience,
                    precision=precision, max_steps=max_steps, time_limit_s=time_limit_s, threads=threads, seed=seed)
     mcfg = _checked(lambda: dataclasses.replace(model_config(cat, size), dropout=dropout))
     evals: list[dict] = []
-    res = run_recipe(mcfg, cat, cfg, out, device, final_fit=final_fit, role=role, on_log=_collect(evals))
+    res = run_recipe(mcfg, cat, cfg, out, device, final_fit=final_fit and fit == "train", role=role,
+                     on_log=_collect(evals))
     _print_evals(evals)
     print(json.dumps({"checkpoint": res.checkpoint, "steps": res.select.steps, "best_step": res.select.best_step,
                       "best_valid_recall@10": res.select.best_recall10, "stop_reason": res.select.stop_reason,

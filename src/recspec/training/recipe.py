@@ -51,13 +51,14 @@ def run_recipe(model_cfg: ModelConfig, cat: Catalog, cfg: TrainConfig, out_dir: 
                final_fit: bool = True, role: str = "target", on_log: Callable[[dict], None] | None = None,
                progress: bool = True) -> RecipeResult:
     """Selection in out_dir (best/, last/ as `train` writes them), then (final_fit) the final fit in
-    out_dir/final (its last/ is the test-time model); both resume."""
+    out_dir/final (its last/ is the test-time model); both resume. Without final_fit, one run of cfg as
+    given (cfg.fit "train+valid": a direct fit, OUT/last)."""
     def fresh() -> Decoder:
         torch.manual_seed(cfg.seed)
         return Decoder(model_cfg).to(device)
 
     log = on_log or (lambda _: None)
-    select_cfg = dataclasses.replace(cfg, fit="train")
+    select_cfg = cfg if not final_fit else dataclasses.replace(cfg, fit="train")
     select = train(fresh(), cat.data, cat.index, cat.vocab, cat.trie, select_cfg, out_dir,
                    role=role, on_log=lambda r: log({**r, "phase": "select"}), progress=progress)
     if not final_fit:

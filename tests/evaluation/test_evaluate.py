@@ -14,6 +14,7 @@ from recspec.data.vocab import Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
 from recspec.evaluation.evaluate import (
     evaluate,
+    evaluate_item_rankings,
     evaluate_popularity,
     length_batches,
     popularity_sids,
@@ -153,3 +154,14 @@ def test_hf_baseline_excludes_histories_like_ours(toy, eos):
     want = beam_search(model, trie, build_prompts(vocab, index, LONG), 5, eos=eos, exclude=history_rows(trie, LONG))
     plain, _, _ = hf_call(to_transformers(model), cat, examples, 5, "cpu", eos)(users)
     assert got == want.sids.tolist() and plain != got
+
+
+def test_item_rankings_are_scored_by_their_sids():
+    index = resolve_collisions(toy_index(collide=(4, 5)))  # items 4 and 5 shared a SID, now told apart
+    trie = build_trie(index, Vocab.for_index(index))
+    examples = [Example("u0", (1,), (5,)), Example("u1", (2,), (7, 8))]
+    ranked = [[4, 5, 0], [8, 1, 2]]  # u0: item 5 at rank 2 (item 4 is another item); u1: one of two at rank 1
+    m = evaluate_item_rankings(trie, examples, ranked, ks=(1, 3))
+    assert m["users"] == 2
+    assert m["recall@1"] == pytest.approx((0 + 1 / 2) / 2)
+    assert m["recall@3"] == pytest.approx((1 + 1 / 2) / 2)

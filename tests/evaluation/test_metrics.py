@@ -9,6 +9,7 @@ import pytest
 from recspec.evaluation.metrics import (
     dedup,
     ndcg_at_k,
+    per_user_metrics,
     popularity_ranking,
     ranking_metrics,
     recall_at_k,
@@ -70,3 +71,14 @@ def test_popularity_ranking():
 
 def test_dedup_keeps_first_occurrence():
     assert dedup([3, 1, 3, 2, 1]) == [3, 1, 2]
+
+
+def test_per_user_metrics_skip_users_without_ground_truth_and_average_to_the_means():
+    ranked = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    targets = [{2, 9}, set(), {7}]  # the middle user has no ground truth
+    per = per_user_metrics(ranked, targets, 3)
+    assert set(per) == {"recall@3", "ndcg@3"}
+    assert per["recall@3"].tolist() == pytest.approx([1 / 2, 1.0])
+    assert per["ndcg@3"].tolist() == pytest.approx([(1 / LOG3) / (1 + 1 / LOG3), 1.0])
+    assert per["recall@3"].mean() == pytest.approx(recall_at_k(ranked, targets, 3))
+    assert per["ndcg@3"].mean() == pytest.approx(ndcg_at_k(ranked, targets, 3))

@@ -123,3 +123,18 @@ def evaluate_popularity(data: SplitData, trie: SIDTrie, examples: Sequence[Examp
     out: dict[str, float | int] = dict(ranking_metrics([top] * len(examples), target_sids(trie, examples), ks))
     out["users"] = len(examples)
     return out
+
+
+def item_sid_rows(trie: SIDTrie, ranked: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Ranked item ids (U lists) -> the same lists as SID rows (`trie.item_sid`), ready for the metrics."""
+    item_sid = trie.item_sid.cpu()
+    return [item_sid[list(r)].tolist() for r in ranked]
+
+
+def evaluate_item_rankings(trie: SIDTrie, examples: Sequence[Example], ranked: Sequence[Sequence[int]],
+                           ks: Sequence[int] = DEFAULT_KS) -> dict[str, float | int]:
+    """The same metrics for ranked item ids (U, >= max(ks)) from any recommender (e.g. `baselines`):
+    items are mapped to their SID rows (`trie.item_sid`) and scored against `target_sids`."""
+    out: dict[str, float | int] = dict(ranking_metrics(item_sid_rows(trie, ranked), target_sids(trie, examples), ks))
+    out["users"] = len(examples)
+    return out

@@ -54,19 +54,28 @@ def _mean_over_users(values: np.ndarray, sizes: np.ndarray) -> float:
     return float(values[keep].mean()) if keep.any() else float("nan")
 
 
-def recall_from_hits(hits: np.ndarray, sizes: np.ndarray, k: int) -> float:
-    """hits (U, >=k), sizes (U,) -> mean Recall@k over users with ground truth."""
-    found = hits[:, :k].sum(axis=1)
-    return _mean_over_users(found / np.maximum(sizes, 1), sizes)
+def _recall_per_user(hits: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    """hits (U, >=k), sizes (U,) -> (U,) Recall@k per user (0 where |G_u| = 0)."""
+    return hits[:, :k].sum(axis=1) / np.maximum(sizes, 1)
 
 
-def ndcg_from_hits(hits: np.ndarray, sizes: np.ndarray, k: int) -> float:
-    """hits (U, >=k), sizes (U,) -> mean NDCG@k over users with ground truth."""
+def _ndcg_per_user(hits: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    """hits (U, >=k), sizes (U,) -> (U,) NDCG@k per user (0 where |G_u| = 0)."""
     disc = _discounts(k)  # (k,)
     dcg = hits[:, :k] @ disc  # (U,)
     ideal_cum = np.concatenate([[0.0], np.cumsum(disc)])  # (k + 1,) IDCG for 0..k relevant items
     idcg = ideal_cum[np.minimum(sizes, k)]  # (U,)
-    return _mean_over_users(dcg / np.where(idcg > 0, idcg, 1.0), sizes)
+    return dcg / np.where(idcg > 0, idcg, 1.0)
+
+
+def recall_from_hits(hits: np.ndarray, sizes: np.ndarray, k: int) -> float:
+    """hits (U, >=k), sizes (U,) -> mean Recall@k over users with ground truth."""
+    return _mean_over_users(_recall_per_user(hits, sizes, k), sizes)
+
+
+def ndcg_from_hits(hits: np.ndarray, sizes: np.ndarray, k: int) -> float:
+    """hits (U, >=k), sizes (U,) -> mean NDCG@k over users with ground truth."""
+    return _mean_over_users(_ndcg_per_user(hits, sizes, k), sizes)
 
 
 def recall_at_k(ranked: Sequence[Sequence[int]], targets: Sequence[Collection[int]], k: int) -> float:
@@ -90,6 +99,16 @@ def ranking_metrics(ranked: Sequence[Sequence[int]], targets: Sequence[Collectio
         out[f"recall@{k}"] = recall_from_hits(hits, sizes, k)
         out[f"ndcg@{k}"] = ndcg_from_hits(hits, sizes, k)
     return out
+
+
+def per_user_metrics(ranked: Sequence[Sequence[int]], targets: Sequence[Collection[int]],
+                     k: int) -> dict[str, np.ndarray]:
+    """{"recall@k": (U',), "ndcg@k": (U',)} per user, over the U' users with a non-empty G_u, in input
+    order: the values whose means are `recall_at_k` / `ndcg_at_k` (for confidence intervals over users)."""
+    hits, sizes = hit_matrix(ranked, targets, k)
+    keep = sizes > 0  # (U,)
+    return {f"recall@{k}": _recall_per_user(hits, sizes, k)[keep],
+            f"ndcg@{k}": _ndcg_per_user(hits, sizes, k)[keep]}
 
 
 def popularity_ranking(train: list[list[int]], num_items: int, k: int) -> list[int]:

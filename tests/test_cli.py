@@ -21,6 +21,10 @@ NUM_ITEMS = 30
 KS = (1, 2)
 
 
+# the quality gate of `bench` on a random toy target: a tiny SASRec, and timing allowed below the gate
+GATE_SMOKE = ["--allow-ungated", "--sasrec-steps", "4", "--sasrec-hidden", "8", "--sasrec-dropout", "0.1",
+              "--sasrec-lr", "1e-3"]
+
 def write_dataset(folder: Path, codes: np.ndarray) -> SIDIndex:
     """sequential_{train,valid,test}.txt for 16 users (1-based item ids) and the index (SIDs `codes`)."""
     folder.mkdir(parents=True)
@@ -122,7 +126,7 @@ def test_bench_times_named_drafts_against_one_ar_run(toy, make_decoder):
     for seed in (1, 2):
         save_checkpoint(make_decoder(vocab, seed=seed, hidden_size=16), CheckpointMeta(vocab, fp), toy / f"d{seed}" / "best")
     out = toy / "bench_named.json"
-    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"),
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), *GATE_SMOKE,
                                        "--draft", f"first={toy / 'd1' / 'best'}", "--draft", str(toy / "d2" / "best"),
                                        "--K", "2", "--batch", "1", "--users", "4", "--warmup", "1", "--draft-beams", "4",
                                        "--gamma", "2", "--modes", "ar,spec-strict", "--out", str(out), "--threads", "1"])
@@ -131,7 +135,7 @@ def test_bench_times_named_drafts_against_one_ar_run(toy, make_decoder):
     assert [(r["mode"], r.get("drafter")) for r in rows] == [("ar", None), ("spec-strict", "first"), ("spec-strict", "d2")]
     assert all(r["mismatches"] == 0 for r in rows[1:])
     assert all(r["eos"] is False and r["exclude_history"] is False for r in rows)  # the defaults, said in every row
-    twice = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft",
+    twice = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), *GATE_SMOKE, "--draft",
                                          f"x={toy / 'd1' / 'best'}", "--draft", f"x={toy / 'd2' / 'best'}", "--out", str(out)])
     assert twice.exit_code != 0 and "given twice" in twice.output
 
@@ -193,7 +197,7 @@ def _bad_input_cases(toy) -> list[tuple[list[str], str, str]]:
     data, target = str(toy / "data"), str(toy / "target")
     ev = ["eval", data, "--model", target, "--users", "2"]
     rec = ["recommend", data, "--model", target]
-    bench = ["bench", data, "--target", target, "--users", "2", "--batch", "1"]
+    bench = ["bench", data, "--target", target, "--users", "2", "--batch", "1", *GATE_SMOKE]
     hist = '{"history": [1, 2]}\n'
     return [
         (ev + ["--K", "0"], "", "'--K': must be >= 1, got 0"),
@@ -236,7 +240,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(toy, tmp_path, monkeypa
 
 def test_bench_writes_under_runs_and_its_table_fits_80_columns(toy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie",
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), *GATE_SMOKE, "--draft", "trie",
                                        "--K", "2", "--K", "3", "--batch", "1", "--users", "3", "--warmup", "1",
                                        "--draft-beams", "4", "--modes", "ar,spec-strict,spec-relaxed", "--threads", "1"],
                              env={"COLUMNS": "80"})
@@ -287,7 +291,7 @@ def test_eval_and_bench_default_to_the_auto_tree(toy):
     assert ar["target_calls"] == L and spec["target_calls"] == 1
     assert {k: v for k, v in spec.items() if "@" in k} == {k: v for k, v in ar.items() if "@" in k}
     out = toy / "bench_auto.json"
-    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie",
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), *GATE_SMOKE, "--draft", "trie",
                                        "--K", str(K), "--batch", "1", "--users", "4", "--warmup", "1",
                                        "--modes", "ar,spec-strict", "--out", str(out), "--threads", "1"])
     assert res.exit_code == 0, res.output
@@ -303,7 +307,7 @@ def test_bench_rows_say_eos_and_exclusions(toy):
     pytest.importorskip("transformers")
     L = SIDIndex.load(toy / "data" / "toy.index.json").num_levels
     out = toy / "bench_eos.json"
-    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie",
+    res = CliRunner().invoke(cli.app, ["bench", str(toy / "data"), "--target", str(toy / "target"), *GATE_SMOKE, "--draft", "trie",
                                        "--K", "3", "--batch", "2", "--users", "4", "--warmup", "1", "--draft-beams", "8",
                                        "--gamma", "2", "--modes", "ar,spec-strict,hf", "--eos", "--exclude-history",
                                        "--out", str(out), "--threads", "1"])
@@ -336,3 +340,17 @@ def test_recommend_excluding_history_returns_no_history_item(toy):
         assert len(recs) == K and not set(recs) & set(h), h
     assert sorted(excluded[2]) == list(range(num_items - K + 1, num_items + 1))
     assert spec_excluded == excluded
+
+
+def test_bench_refuses_a_target_below_the_quality_gate(toy, tmp_path, monkeypatch, capsys):
+    """A random target is below item transitions on the toy's test users: not timed, exit 2, nothing written;
+    the last line says why, after the quality table."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", str(toy / "data"), "--target", str(toy / "target"), "--draft", "trie", "--K", "2", "--batch", "1",
+            "--users", "2", "--modes", "ar", "--threads", "1", *GATE_SMOKE[1:]]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("error: ") and "quality gate" in err[-1]
+    assert any(line.startswith("transition") for line in err) and "gate: FAIL" in "\n".join(err)
+    assert list(tmp_path.iterdir()) == []

@@ -214,6 +214,14 @@ def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=None, de
     return cfg
 
 
+# SASRec, the baseline of `eval --baselines` and of the benchmark's quality gate: tuned over this grid on the valid
+# users (each grid point trained on the train period), then refit on train + valid for the test users
+SASREC_STEPS = typer.Option(2000, callback=_positive, help="SASRec: steps per grid point (early-stopped on valid)")
+SASREC_HIDDEN = typer.Option("64,128", help="SASRec grid: widths")
+SASREC_DROPOUT = typer.Option("0.2,0.5", help="SASRec grid: dropout rates")
+SASREC_LR = typer.Option("1e-3,3e-3", help="SASRec grid: learning rates")
+
+
 @app.command("eval")
 def evaluate(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
              draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
@@ -224,21 +232,78 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
              expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
              tree_budget: Optional[int] = TREE_BUDGET, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
              popularity: bool = typer.Option(True, help="also score the popularity baseline"),
-             eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
-    """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline."""
+             eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY,
+             baselines: bool = typer.Option(False, "--baselines", help="fit popularity, item transitions and SASRec "
+                                            "on the data the split allows (test: train + valid) and compare, with 95% "
+                                            "bootstrap intervals and the quality gate; needs --K >= 10 and all users"),
+             sasrec_steps: int = SASREC_STEPS, sasrec_hidden: str = SASREC_HIDDEN, sasrec_dropout: str = SASREC_DROPOUT,
+             sasrec_lr: str = SASREC_LR,
+             out: Optional[str] = typer.Option(None, help="with --baselines: quality results JSON "
+                                                          "[default: runs/eval/quality_<data>_<split>.json]")):
+    """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline (--baselines: beside
+    popularity, item transitions and SASRec, with intervals and the quality gate)."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
     _check_draft(verify, draft)
+    if baselines and (K < 10 or users):
+        raise RecSpecError("--baselines: the quality gate compares Recall@10 / NDCG@10 on every user of the split; "
+                           "give --K >= 10 and no --users")
+    setup = _sasrec_setup(sasrec_steps, sasrec_hidden, sasrec_dropout, sasrec_lr, seed) if baselines else None
     cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget,
                       eos, exclude_history)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
     _check_K(K, rec.catalog)
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
-    out = {"recspec": rec.evaluate(examples, K=K)}
+    if baselines:
+        return _eval_baselines(rec, model, examples, split, K, setup, device, exclude_history, seed, out, data)
+    out_metrics = {"recspec": rec.evaluate(examples, K=K)}
     if popularity:
-        out["popularity"] = evaluate_popularity(rec.catalog.data, rec.catalog.trie, examples, [k for k in (1, 3, 5, 10, 20) if k <= K])
-    print(json.dumps(out, indent=2))
+        out_metrics["popularity"] = evaluate_popularity(rec.catalog.data, rec.catalog.trie, examples,
+                                                        [k for k in (1, 3, 5, 10, 20) if k <= K])
+    print(json.dumps(out_metrics, indent=2))
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise RecSpecError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise RecSpecError(f"{flag} {text!r}: empty")
+    return values
+
+
+def _sasrec_setup(steps: int, hidden: str, dropout: str, lr: str, seed: int):
+    from recspec.training.fit_baselines import SASRecSetup
+    from recspec.training.sasrec import SASRecGrid, SASRecTrainConfig
+
+    grid = SASRecGrid(hidden=tuple(int(h) for h in _floats(hidden, "--sasrec-hidden")),
+                      dropout=_floats(dropout, "--sasrec-dropout"), lr=_floats(lr, "--sasrec-lr"))
+    every = max(1, steps // 10)
+    return SASRecSetup(train=SASRecTrainConfig(steps=steps, eval_every=every, warmup_steps=min(100, steps // 10),
+                                               seed=seed), grid=grid)
+
+
+def _eval_baselines(rec, model: str, examples, split: str, K: int, setup, device: str, exclude_history: bool,
+                    seed: int, out: Optional[str], data: str) -> None:
+    """The target's lists beside the baselines' -> quality rows (printed table + results JSON)."""
+    from recspec.evaluation.quality import format_quality
+    from recspec.evaluation.report import write_results
+    from recspec.models.hf import trained_on
+    from recspec.training.fit_baselines import compare_with_baselines
+
+    res, _ = rec.recommend_internal([e.history for e in examples], K)
+    ks = sorted({10, K})
+    rows, info = compare_with_baselines(rec.catalog, split, res.sids.tolist(), ks, setup, device, exclude_history,
+                                        seed=seed)
+    rows[0]["fit"] = trained_on(model)  # the target row: what its checkpoint was trained on
+    rows[0]["checkpoint"] = model
+    name = rec.catalog.data.name
+    path = out or os.path.join("runs", "eval", f"quality_{name}_{split}.json")
+    write_results(rows, path, device, extra={"data": data, "sasrec": info.get("sasrec")})
+    print("\n".join(format_quality(rows)))
+    print(f"results: {path}")
 
 
 @app.command()
@@ -337,8 +402,16 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
           threads: int = 0, device: str = "cpu", cuda_graphs: bool = False,
           compile: bool = typer.Option(False, help="rounds through torch.compile (fixed shapes; captured with --cuda-graphs)"),
           seed: int = 0,
-          index_dir: Optional[str] = INDEX_DIR, eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
-    """Time AR, strict and relaxed speculative beam search and HF generate in one run -> JSON + PNG."""
+          index_dir: Optional[str] = INDEX_DIR, eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY,
+          allow_ungated: bool = typer.Option(False, "--allow-ungated", help="time a target that fails the quality "
+                                             "gate (smoke tests only; never for results)"),
+          sasrec_steps: int = SASREC_STEPS, sasrec_hidden: str = SASREC_HIDDEN, sasrec_dropout: str = SASREC_DROPOUT,
+          sasrec_lr: str = SASREC_LR):
+    """Time AR, strict and relaxed speculative beam search and HF generate in one run -> JSON + PNG.
+
+    First the quality gate, in the same run: the target's Recall@10 / NDCG@10 on every test user against
+    popularity, item transitions and SASRec (fitted on train + valid); a target below the best baseline
+    is not timed (unless --allow-ungated), and every row carries `gate`."""
     import torch
 
     from recspec.decoding.drafters import TRIE
@@ -377,16 +450,40 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         except ImportError:
             _console().log("transformers is not installed: skipping the hf mode")
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)
+    setup = _sasrec_setup(sasrec_steps, sasrec_hidden, sasrec_dropout, sasrec_lr, seed)
+    quality = _quality_gate(rec, target, setup, device, exclude_history, seed, allow_ungated)
     from tqdm import tqdm
 
     per_group = sum(1 if m in ("ar", "hf") else len(drafts) for m in cfg.modes if m != "hf" or hf_model is not None)
     with tqdm(total=len(cfg.Ks) * len(cfg.batches) * per_group, desc="bench", unit="row") as bar:
         rows = run_bench(rec.target, drafts or None, rec.catalog, examples, cfg, device=device, hf_model=hf_model,
                          on_row=lambda r: bar.update())
-    path = write_results(rows, out, device)
+    for r in rows:
+        r["gate"] = quality[0]["gate"]
+    path = write_results(rows, out, device, extra={"quality": quality})
     png = plot_acceptance(path) if len(drafts) > 1 else plot_results(path)
     _print_rows(rows)
     print(f"results: {path}  plot: {png}")
+
+
+def _quality_gate(rec, target: str, setup, device: str, exclude_history: bool, seed: int,
+                  allow_ungated: bool) -> list[dict]:
+    """The benchmark's quality gate on every test user -> quality rows (the target's first, with `gate`);
+    a target that fails it is refused unless allow_ungated."""
+    from recspec.evaluation.quality import format_quality
+    from recspec.models.hf import trained_on
+    from recspec.training.fit_baselines import compare_with_baselines
+
+    test = list(rec.catalog.data.test)
+    res, _ = rec.with_config(K=10, eos=False, exclude_history=exclude_history).recommend_internal([e.history for e in test])
+    rows, _ = compare_with_baselines(rec.catalog, "test", res.sids.tolist(), (10,), setup, device, exclude_history,
+                                     seed=seed)
+    rows[0]["fit"] = trained_on(target)
+    print("\n".join(format_quality(rows)), file=sys.stderr)
+    if not rows[0]["gate"] and not allow_ungated:
+        raise RecSpecError(f"{target}: below the best baseline on {rec.catalog.data.name}'s test users (the quality "
+                           "gate, table above); not timed (--allow-ungated times it anyway, for smoke tests)")
+    return rows
 
 
 def _named_drafts(specs: list[str]) -> dict[str, str]:

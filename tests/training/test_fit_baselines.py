@@ -54,3 +54,14 @@ def test_sasrec_is_tuned_on_valid_then_refit_for_test():
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="split"):
         fit_and_rank_baselines(toy(), "train", k=3, sasrec=None)
+
+
+def test_exclude_history_drops_history_items_from_every_baseline():
+    data = toy()
+    res = fit_and_rank_baselines(data, "test", k=3, sasrec=SETUP, exclude_history=True)
+    for name, ranked in res.rankings.items():
+        for row, e in zip(ranked, data.test):
+            assert len(row) == 3 and not set(row) & set(e.history), name
+    plain = fit_and_rank_baselines(data, "test", k=3, sasrec=None)
+    assert plain.rankings["popularity"][0] == [0, 1, 2]
+    assert res.rankings["popularity"][0] == [2, 3, 5]  # user a's history (0, 1) dropped, the order kept

@@ -105,3 +105,21 @@ def fit_transitions(sequences: list[list[int]], num_items: int, window: int = 3)
     popularity = np.asarray(popularity_ranking(sequences, num_items, num_items), dtype=np.int64)
     return Transitions(indptr=indptr, indices=(keys % num_items).astype(np.int64),
                        counts=counts.astype(np.float64), popularity=popularity)
+
+
+def without_history(ranked: Sequence[Sequence[int]], histories: Sequence[Sequence[int]], k: int) -> list[list[int]]:
+    """Each user's ranking with the items of their history dropped, cut to k. The rankings must be long
+    enough: k + the number of distinct history items each (`history_margin`)."""
+    out = []
+    for u, (row, hist) in enumerate(zip(ranked, histories)):
+        seen = set(hist)
+        kept = [i for i in row if i not in seen][:k]
+        if len(kept) < k:
+            raise ValueError(f"user {u}: {len(kept)} items left after dropping the history, fewer than k={k}")
+        out.append(kept)
+    return out
+
+
+def history_margin(histories: Sequence[Sequence[int]]) -> int:
+    """The most distinct history items of any user: how much longer a ranking must be before `without_history`."""
+    return max((len(set(h)) for h in histories), default=0)

@@ -158,3 +158,16 @@ def check_fits(meta: CheckpointMeta | None, vocab: Vocab, fingerprint: str, wher
         raise CheckpointError(f"{where}: vocabulary {meta.vocab.level_sizes} does not match the data's {vocab.level_sizes}")
     if meta.index_fingerprint != fingerprint:
         raise CheckpointError(f"{where}: trained on a different SID index (fingerprint {meta.index_fingerprint} != {fingerprint})")
+
+
+def trained_on(folder: str | os.PathLike) -> str:
+    """What a checkpoint of ours was trained on: "train" or "train+valid" (TrainConfig.fit; runs saved before
+    the field existed trained on "train"); "unknown" for a checkpoint without our training record."""
+    path = os.path.join(os.fspath(folder), "recspec.json")
+    try:
+        with open(path) as f:
+            train = (json.load(f).get("extra") or {}).get("train") or {}
+    except (OSError, json.JSONDecodeError):
+        return "unknown"
+    cfg = train.get("train_config")
+    return cfg.get("fit", "train") if isinstance(cfg, dict) else "unknown"

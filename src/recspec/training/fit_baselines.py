@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recspec.data.datasets import SplitData
-from recspec.evaluation.baselines import fit_transitions, popularity_rank
+from recspec.evaluation.baselines import fit_transitions, history_margin, popularity_rank, without_history
 from recspec.models.sasrec import SASRecConfig
 from recspec.training.sasrec import (SASRecGrid, SASRecTrainConfig, SASRecTrial, rank_sasrec, train_sasrec,
                                      tune_sasrec)
@@ -68,16 +68,43 @@ def fit_and_rank_sasrec(data: SplitData, split: str, k: int, setup: SASRecSetup,
 
 
 def fit_and_rank_baselines(data: SplitData, split: str, k: int, sasrec: SASRecSetup | None = SASRecSetup(),
-                           device: str | torch.device = "cpu", window: int = 3, last: int = 3) -> BaselineRankings:
+                           device: str | torch.device = "cpu", window: int = 3, last: int = 3,
+                           exclude_history: bool = False) -> BaselineRankings:
     """Top-k item ids of every baseline for every example of `split` ("valid" | "test"), in example order.
-    sasrec None: popularity and transitions only; window, last: `fit_transitions` / `Transitions.rank`."""
+    sasrec None: popularity and transitions only; window, last: `fit_transitions` / `Transitions.rank`;
+    exclude_history: no user is recommended an item of their history (as the target's decoding option)."""
     seqs = data.fit_sequences(split)  # checks split
     histories = [e.history for e in (data.valid if split == "valid" else data.test)]
-    top = popularity_rank(seqs, data.num_items, k)
+    k_all = min(data.num_items, k + (history_margin(histories) if exclude_history else 0))  # ranked before dropping
+    top = popularity_rank(seqs, data.num_items, k_all)
     rankings = {"popularity": [list(top) for _ in histories],
-                "transition": fit_transitions(seqs, data.num_items, window).rank(histories, k, last)}
+                "transition": fit_transitions(seqs, data.num_items, window).rank(histories, k_all, last)}
     info: dict[str, dict] = {"popularity": {"fit_sequences": len(seqs)},
                              "transition": {"fit_sequences": len(seqs), "window": window, "last": last}}
     if sasrec is not None:
-        rankings["sasrec"], info["sasrec"] = fit_and_rank_sasrec(data, split, k, sasrec, device)
+        rankings["sasrec"], info["sasrec"] = fit_and_rank_sasrec(data, split, k_all, sasrec, device)
+    if exclude_history:
+        rankings = {name: without_history(r, histories, k) for name, r in rankings.items()}
     return BaselineRankings(rankings=rankings, info=info)
+
+
+def compare_with_baselines(catalog, split: str, target: list[list[int]] | None, ks=(10,),
+                           sasrec: SASRecSetup | None = SASRecSetup(), device: str | torch.device = "cpu",
+                           exclude_history: bool = False, n_boot: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+    """Quality rows (`evaluation.quality`) of the target's lists and every baseline's on the split's users.
+
+    target: the target's (U, >= max(ks)) SID rows per example of the split, in example order (None: baselines
+    only). Baselines are fitted as `fit_and_rank_baselines` says, with the same exclude_history. -> (rows, info)."""
+    from recspec.evaluation.evaluate import item_sid_rows, target_sids
+    from recspec.evaluation.quality import TARGET, quality_rows
+
+    data = catalog.data
+    examples = data.valid if split == "valid" else data.test
+    base = fit_and_rank_baselines(data, split, max(ks), sasrec, device, exclude_history=exclude_history)
+    ranked = {TARGET: target} if target is not None else {}
+    ranked.update({name: item_sid_rows(catalog.trie, r) for name, r in base.rankings.items()})
+    rows = quality_rows(ranked, target_sids(catalog.trie, examples), ks, split, n_boot, seed)
+    fitted = "train+valid" if split == "test" else "train"
+    for r in rows:
+        r.update(fit=fitted, exclude_history=exclude_history)
+    return rows, base.info

@@ -52,3 +52,11 @@ def test_identical_lists_claim_nothing():
     rows = quality_rows({"target": _ranked(60, 3), "sasrec": _ranked(60, 3)}, TARGETS)
     assert rows[0]["claims"] == [] and rows[0]["gate"] is True
     assert rows[0]["recall@10_vs_sasrec"] == [0.0, 0.0, 0.0]
+
+
+def test_target_variants_are_not_baselines():
+    rows = quality_rows({"target": _ranked(60, 0), "target-bf16": _ranked(100, 0), "popularity": _ranked(30, 0)},
+                        TARGETS)
+    assert [r["model"] for r in rows] == ["target", "target-bf16", "popularity"]
+    assert quality_gate(rows).best == {"recall@10": "popularity", "ndcg@10": "popularity"}
+    assert rows[0]["gate"] is True and not any("target-bf16" in k for k in rows[0])

@@ -4,7 +4,8 @@ differences and the quality gate.
 Rows (results JSON, `task: "quality"`), one per model ("target", "popularity", "transition", "sasrec"):
     {"task": "quality", "model": ..., "split": ..., "users": U, "recall@k": mean, "recall@k_ci": [lo, hi],
      "ndcg@k": ..., "ndcg@k_ci": [...], ...}
-The target's row also carries, per baseline b and metric m, `m_vs_b` = [diff, lo, hi] (target minus b,
+Rows "target-<variant>" (e.g. the target's bf16 lists) are the target's too, never baselines. The
+target's row also carries, per baseline b and metric m, `m_vs_b` = [diff, lo, hi] (target minus b,
 paired bootstrap over the same users) and `gate`.
 
 The gate: a target passes on a catalogue when its Recall@10 and NDCG@10 on the catalogue's users are at
@@ -59,25 +60,30 @@ def quality_rows(ranked: Mapping[str, Sequence[Sequence[int]]], targets: Sequenc
     if TARGET in values:
         target = next(r for r in rows if r["model"] == TARGET)
         claims = []
-        for name in (n for n in values if n != TARGET):
+        for name in (n for n in values if is_baseline(n)):
             for m, v in values[TARGET].items():
                 d = paired_difference(v, values[name][m], n_boot, seed)
                 target[f"{m}_vs_{name}"] = [round(d.diff, 6), round(d.lo, 6), round(d.hi, 6)]
                 if d.significant:
                     claims.append(f"{'better' if d.diff > 0 else 'worse'} than {name} on {m}")
         target["claims"] = claims
-        if len(values) > 1 and f"recall@{GATE_K}" in target:
+        if any(map(is_baseline, values)) and f"recall@{GATE_K}" in target:
             gate = quality_gate(rows)
             for r in rows:
                 r["gate"] = gate.passed
-    rows.sort(key=lambda r: r["model"] != TARGET)
+    rows.sort(key=lambda r: is_baseline(r["model"]))
     return rows
+
+
+def is_baseline(model: str) -> bool:
+    """Rows named "target" or "target-<variant>" (e.g. "target-bf16") are the target's, every other a baseline's."""
+    return not (model == TARGET or model.startswith(TARGET + "-"))
 
 
 def quality_gate(rows: Sequence[dict], k: int = GATE_K) -> Gate:
     """The gate from quality rows of one command (the target's and at least one baseline's)."""
     target = next(r for r in rows if r["model"] == TARGET)
-    baselines = [r for r in rows if r["model"] != TARGET]
+    baselines = [r for r in rows if is_baseline(r["model"])]
     if not baselines:
         raise ValueError("the quality gate needs at least one baseline row")
     best, margins = {}, {}

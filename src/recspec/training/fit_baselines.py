@@ -90,18 +90,23 @@ def fit_and_rank_baselines(data: SplitData, split: str, k: int, sasrec: SASRecSe
 
 def compare_with_baselines(catalog, split: str, target: list[list[int]] | None, ks=(10,),
                            sasrec: SASRecSetup | None = SASRecSetup(), device: str | torch.device = "cpu",
-                           exclude_history: bool = False, n_boot: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+                           exclude_history: bool = False, n_boot: int = 1000, seed: int = 0,
+                           fitted: BaselineRankings | None = None,
+                           extra: dict[str, list[list[int]]] | None = None) -> tuple[list[dict], dict]:
     """Quality rows (`evaluation.quality`) of the target's lists and every baseline's on the split's users.
 
     target: the target's (U, >= max(ks)) SID rows per example of the split, in example order (None: baselines
-    only). Baselines are fitted as `fit_and_rank_baselines` says, with the same exclude_history. -> (rows, info)."""
+    only). Baselines are fitted as `fit_and_rank_baselines` says, with the same exclude_history, unless
+    `fitted` (its result for this split) is given; extra: more named SID-row lists (e.g. the target in
+    another precision). -> (rows, info)."""
     from recspec.evaluation.evaluate import item_sid_rows, target_sids
     from recspec.evaluation.quality import TARGET, quality_rows
 
     data = catalog.data
     examples = data.valid if split == "valid" else data.test
-    base = fit_and_rank_baselines(data, split, max(ks), sasrec, device, exclude_history=exclude_history)
+    base = fitted or fit_and_rank_baselines(data, split, max(ks), sasrec, device, exclude_history=exclude_history)
     ranked = {TARGET: target} if target is not None else {}
+    ranked.update(extra or {})
     ranked.update({name: item_sid_rows(catalog.trie, r) for name, r in base.rankings.items()})
     rows = quality_rows(ranked, target_sids(catalog.trie, examples), ks, split, n_boot, seed)
     fitted = "train+valid" if split == "test" else "train"

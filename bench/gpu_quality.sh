@@ -8,5 +8,5 @@ OUT=${1:-runs/gpu_quality}
 export PYTHONPATH=src
 python3 bench/gpu_quality.py --data .data/beauty --out "$OUT" --configs base:0.3:2e-3 --epochs 30 --eval-epochs 3 \
     --patience 3 --exclude-history --sasrec-hidden 64,128 --sasrec-dropout 0.5 --sasrec-lr 3e-3
-python3 bench/gpu_quality.py --data .data/office --out "$OUT" --configs base:0.2:1e-3,base:0.3:2e-3 --epochs 30 \
+python3 bench/gpu_quality.py --data .data/office --out "$OUT" --configs base:0.2:1e-3 --epochs 30 \
     --eval-epochs 3 --patience 3 --batch 128 --exclude-history --sasrec-steps 1500 --sasrec-lr 1e-3

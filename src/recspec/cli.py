@@ -463,6 +463,7 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
     path = write_results(rows, out, device, extra={"quality": quality})
     png = plot_acceptance(path) if len(drafts) > 1 else plot_results(path)
     _print_rows(rows)
+    print(f"quality gate: {'pass' if quality[0]['gate'] else 'FAIL (timed only because of --allow-ungated)'}")
     print(f"results: {path}  plot: {png}")
 
 
@@ -664,6 +665,7 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
                                 "drafts": {n: _json_safe(dataclasses.asdict(r)) for n, r in trained.items()}})
     png = plot_acceptance(path)
     _print_rows(rows)
+    print(f"quality gate: {'pass' if quality[0]['gate'] else 'FAIL (timed only because of --allow-ungated)'}")
     print(f"results: {path}  plot: {png}")
 
 

@@ -22,10 +22,10 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_gpu_bench_runs_every_mode_and_writes_rows(shared_datasets, tmp_path):
-    res = _run("gpu_bench.py", "--cpu-smoke", "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
+    res = _run("gpu_bench.py", "--cpu-smoke", "--allow-ungated", "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     doc = json.loads((tmp_path / "gpu_topk.json").read_text())
-    assert {"device", "command", "date", "rows"} <= set(doc)
+    assert {"device", "command", "date", "rows"} <= set(doc) and all(r["gate"] is False for r in doc["rows"])
     modes = {(r["mode"], r["batch"]) for r in doc["rows"]}
     assert modes == {(m, b) for m in ("ar", "spec-strict", "spec-relaxed", "hf") for b in (1, 4)}  # 4: smoke's big batch
     strict = [r for r in doc["rows"] if r["mode"] == "spec-strict"]

@@ -665,7 +665,6 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
                                 "drafts": {n: _json_safe(dataclasses.asdict(r)) for n, r in trained.items()}})
     png = plot_acceptance(path)
     _print_rows(rows)
-    print(f"quality gate: {'pass' if quality[0]['gate'] else 'FAIL (timed only because of --allow-ungated)'}")
     print(f"results: {path}  plot: {png}")
 
 

@@ -65,3 +65,9 @@ def test_exclude_history_drops_history_items_from_every_baseline():
     plain = fit_and_rank_baselines(data, "test", k=3, sasrec=None)
     assert plain.rankings["popularity"][0] == [0, 1, 2]
     assert res.rankings["popularity"][0] == [2, 3, 5]  # user a's history (0, 1) dropped, the order kept
+
+
+def test_train_only_fits_the_train_period_for_the_test_users():
+    res = fit_and_rank_baselines(toy(), "test", k=3, sasrec=SETUP, train_only=True)
+    assert res.rankings["transition"][1][0] == 5  # 2 -> 5 in train; 2 -> 3 only in the valid period
+    assert "refit_steps" not in res.info["sasrec"] and len(res.rankings["sasrec"]) == 3

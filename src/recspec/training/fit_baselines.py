@@ -52,16 +52,17 @@ def _trial_info(t: SASRecTrial) -> dict:
 
 
 def fit_and_rank_sasrec(data: SplitData, split: str, k: int, setup: SASRecSetup,
-                        device: str | torch.device = "cpu") -> tuple[list[list[int]], dict]:
-    """SASRec's (U, k) ranking of the split's users and its info (see the module docstring)."""
+                        device: str | torch.device = "cpu", refit: bool = True) -> tuple[list[list[int]], dict]:
+    """SASRec's (U, k) ranking of the split's users and its info (see the module docstring); refit False:
+    the test users are ranked by the tuned model itself (trained on the train period only)."""
     base = SASRecConfig(num_items=data.num_items, layers=setup.layers, heads=setup.heads, max_len=setup.max_len)
     tuning = tune_sasrec(data.train, data.valid, setup.grid, setup.train, base, device)
     info = {"trials": [_trial_info(t) for t in tuning.trials], "chosen": _trial_info(tuning.best)}
     model = tuning.model
-    if split == "test":
-        refit = dataclasses.replace(tuning.best.train_cfg, steps=tuning.best.best_step)
-        model = train_sasrec(data.fit_sequences("test"), None, refit, tuning.best.model_cfg, device).model
-        info["refit_steps"] = refit.steps
+    if split == "test" and refit:
+        again = dataclasses.replace(tuning.best.train_cfg, steps=tuning.best.best_step)
+        model = train_sasrec(data.fit_sequences("test"), None, again, tuning.best.model_cfg, device).model
+        info["refit_steps"] = again.steps
     examples = data.valid if split == "valid" else data.test
     ranked = rank_sasrec(model, [e.history for e in examples], k, setup.train.eval_batch, device)
     return ranked, info
@@ -69,11 +70,13 @@ def fit_and_rank_sasrec(data: SplitData, split: str, k: int, setup: SASRecSetup,
 
 def fit_and_rank_baselines(data: SplitData, split: str, k: int, sasrec: SASRecSetup | None = SASRecSetup(),
                            device: str | torch.device = "cpu", window: int = 3, last: int = 3,
-                           exclude_history: bool = False) -> BaselineRankings:
+                           exclude_history: bool = False, train_only: bool = False) -> BaselineRankings:
     """Top-k item ids of every baseline for every example of `split` ("valid" | "test"), in example order.
     sasrec None: popularity and transitions only; window, last: `fit_transitions` / `Transitions.rank`;
-    exclude_history: no user is recommended an item of their history (as the target's decoding option)."""
-    seqs = data.fit_sequences(split)  # checks split
+    exclude_history: no user is recommended an item of their history (as the target's decoding option);
+    train_only: fit on the train period even for the test users (beside a target that saw only that)."""
+    seqs = data.train if train_only else data.fit_sequences(split)
+    data.fit_sequences(split)  # checks split
     histories = [e.history for e in (data.valid if split == "valid" else data.test)]
     k_all = min(data.num_items, k + (history_margin(histories) if exclude_history else 0))  # ranked before dropping
     top = popularity_rank(seqs, data.num_items, k_all)
@@ -82,7 +85,7 @@ def fit_and_rank_baselines(data: SplitData, split: str, k: int, sasrec: SASRecSe
     info: dict[str, dict] = {"popularity": {"fit_sequences": len(seqs)},
                              "transition": {"fit_sequences": len(seqs), "window": window, "last": last}}
     if sasrec is not None:
-        rankings["sasrec"], info["sasrec"] = fit_and_rank_sasrec(data, split, k_all, sasrec, device)
+        rankings["sasrec"], info["sasrec"] = fit_and_rank_sasrec(data, split, k_all, sasrec, device, not train_only)
     if exclude_history:
         rankings = {name: without_history(r, histories, k) for name, r in rankings.items()}
     return BaselineRankings(rankings=rankings, info=info)
@@ -92,7 +95,8 @@ def compare_with_baselines(catalog, split: str, target: list[list[int]] | None, 
                            sasrec: SASRecSetup | None = SASRecSetup(), device: str | torch.device = "cpu",
                            exclude_history: bool = False, n_boot: int = 1000, seed: int = 0,
                            fitted: BaselineRankings | None = None,
-                           extra: dict[str, list[list[int]]] | None = None) -> tuple[list[dict], dict]:
+                           extra: dict[str, list[list[int]]] | None = None,
+                           train_only: bool = False) -> tuple[list[dict], dict]:
     """Quality rows (`evaluation.quality`) of the target's lists and every baseline's on the split's users.
 
     target: the target's (U, >= max(ks)) SID rows per example of the split, in example order (None: baselines
@@ -104,12 +108,13 @@ def compare_with_baselines(catalog, split: str, target: list[list[int]] | None, 
 
     data = catalog.data
     examples = data.valid if split == "valid" else data.test
-    base = fitted or fit_and_rank_baselines(data, split, max(ks), sasrec, device, exclude_history=exclude_history)
+    base = fitted or fit_and_rank_baselines(data, split, max(ks), sasrec, device, exclude_history=exclude_history,
+                                            train_only=train_only)
     ranked = {TARGET: target} if target is not None else {}
     ranked.update(extra or {})
     ranked.update({name: item_sid_rows(catalog.trie, r) for name, r in base.rankings.items()})
     rows = quality_rows(ranked, target_sids(catalog.trie, examples), ks, split, n_boot, seed)
-    fitted = "train+valid" if split == "test" else "train"
+    fitted = "train+valid" if split == "test" and not train_only else "train"
     for r in rows:
         r.update(fit=fitted, exclude_history=exclude_history)
     return rows, base.info

@@ -74,7 +74,9 @@ def run_demo(cfg: DemoConfig, on_log=None, progress: bool = True) -> dict:
         "model": to_dict(best.cfg), "parameters": best.cfg.num_parameters(),
         "train": {"steps": result.steps, "epochs_done": result.epochs_done, "stop_reason": result.stop_reason,
                   "best_valid_recall@10": result.best_recall10, "checkpoint": result.checkpoint},
-        "test": {"recspec": ours, "popularity": pop},
+        "test": {"recspec": ours, "popularity": pop},  # K=20 beams: Recall/NDCG@{1,...,20} of one list of 20
+        "test_beams": 20,
+        "quality_beams": 10,  # the quality rows' target lists: K=10 beams (a beam search's top 10 depends on K)
         "quality": quality,  # target and baselines, all fitted on the train period, with intervals and the gate
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -33,7 +33,7 @@ class DemoConfig:
     batch_size: int = 32  # sequences per step
     lr: float = 3e-3  # peak learning rate
     seed: int = 0
-    sasrec_steps: int = 300  # SASRec baseline: steps per grid point (width 64, dropout 0.2 / 0.5, lr 3e-3)
+    sasrec_steps: int = 200  # SASRec baseline: steps per grid point (width 64, dropout 0.2 / 0.5, lr 3e-3)
 
 
 def model_config(catalog: Catalog, size: str) -> ModelConfig:

@@ -264,22 +264,12 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
     print(json.dumps(out_metrics, indent=2))
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise RecSpecError(f"{flag} {text!r}: expected comma-separated numbers") from None
-    if not values:
-        raise RecSpecError(f"{flag} {text!r}: empty")
-    return values
-
-
 def _sasrec_setup(steps: int, hidden: str, dropout: str, lr: str, seed: int):
     from recspec.training.fit_baselines import SASRecSetup
     from recspec.training.sasrec import SASRecGrid, SASRecTrainConfig
 
-    grid = SASRecGrid(hidden=tuple(int(h) for h in _floats(hidden, "--sasrec-hidden")),
-                      dropout=_floats(dropout, "--sasrec-dropout"), lr=_floats(lr, "--sasrec-lr"))
+    grid = SASRecGrid(hidden=_ints(hidden, "--sasrec-hidden"), dropout=_floats(dropout, "--sasrec-dropout"),
+                      lr=_floats(lr, "--sasrec-lr"))
     every = max(1, steps // 10)
     return SASRecSetup(train=SASRecTrainConfig(steps=steps, eval_every=every, warmup_steps=min(100, steps // 10),
                                                seed=seed), grid=grid)
@@ -607,11 +597,23 @@ def _json_safe(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}  # NaN -> null
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
+def _numbers(text: str, flag: str, cast, what: str) -> tuple:
+    """'1,3,2' -> (1, 3, 2) through `cast`; a bad or empty list is a one-line error naming the flag."""
     try:
-        return tuple(int(x) for x in text.split(","))
+        values = tuple(cast(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise RecSpecError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+        values = ()
+    if not values:
+        raise RecSpecError(f"{flag}: expected comma-separated {what}, got {text!r}")
+    return values
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    return _numbers(text, flag, int, "integers")
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    return _numbers(text, flag, float, "numbers")
 
 
 @distill_app.command("experiment")

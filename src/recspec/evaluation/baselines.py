@@ -9,7 +9,8 @@
   are ranked by score, ties by popularity; slots no candidate with a positive score fills take the
   remaining items in popularity order, so every list has k distinct items.
   Items of the user's history may be recommended: the ground truth of a period may repeat an earlier
-  item, and the generative target does not exclude them by default either.
+  item, and the generative target does not exclude them by default either (`without_history` drops them,
+  as `--exclude-history` does for the target).
 
 The SASRec baseline is in `recspec.training.sasrec`; `recspec.training.fit_baselines` fits all three.
 """
@@ -22,11 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from recspec.evaluation.metrics import popularity_ranking
-
-
-def popularity_rank(sequences: list[list[int]], num_items: int, k: int) -> list[int]:
-    """The k most frequent items of `sequences`, most frequent first (ties: lower id): one list for every user."""
-    return popularity_ranking(sequences, num_items, k)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from recspec.data.datasets import SplitData
-from recspec.evaluation.baselines import fit_transitions, history_margin, popularity_rank, without_history
+from recspec.evaluation.baselines import fit_transitions, history_margin, without_history
+from recspec.evaluation.metrics import popularity_ranking
 from recspec.models.sasrec import SASRecConfig
 from recspec.training.sasrec import (SASRecGrid, SASRecTrainConfig, SASRecTrial, rank_sasrec, train_sasrec,
                                      tune_sasrec)
@@ -79,7 +80,7 @@ def fit_and_rank_baselines(data: SplitData, split: str, k: int, sasrec: SASRecSe
     data.fit_sequences(split)  # checks split
     histories = [e.history for e in (data.valid if split == "valid" else data.test)]
     k_all = min(data.num_items, k + (history_margin(histories) if exclude_history else 0))  # ranked before dropping
-    top = popularity_rank(seqs, data.num_items, k_all)
+    top = popularity_ranking(seqs, data.num_items, k_all)
     rankings = {"popularity": [list(top) for _ in histories],
                 "transition": fit_transitions(seqs, data.num_items, window).rank(histories, k_all, last)}
     info: dict[str, dict] = {"popularity": {"fit_sequences": len(seqs)},

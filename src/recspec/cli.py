@@ -10,7 +10,8 @@ from typing import Optional
 
 import typer
 
-from recspec.config import CPU_TREE_BUDGET, FIT_CHOICES, GPU_TREE_BUDGET, DecodeConfig, TrainConfig
+from recspec.config import (CPU_TREE_BUDGET, FIT_CHOICES, GPU_TREE_BUDGET, VERIFY_RULES, DecodeConfig, EngineConfig,
+                            TrainConfig, TreeConfig)
 from recspec.errors import RecSpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast generative recommendation with speculative decoding.")
@@ -22,7 +23,6 @@ app.add_typer(distill_app, name="distill")
 DATA = typer.Argument(..., help="data folder (sequential txt, LC-Rec json or RecBole atomic) or 'ml-100k'")
 INDEX_DIR = typer.Option(None, "--index-dir", help="where built SIDs are kept (catalogues without an index)")
 
-VERIFY_RULES = ("strict", "relaxed")
 BENCH_MODES = ("ar", "spec-strict", "spec-relaxed", "hf")
 SPLITS = ("test", "valid")
 
@@ -193,25 +193,30 @@ def parse_depths(text: str, what: str = "depths") -> tuple[int, ...] | None:
         raise RecSpecError(f"--{e}") from None
 
 
-def _check_tree(cfg, Ks) -> None:
+def _check_tree(tree: TreeConfig, Ks) -> None:
     """An explicit tree shape the engine cannot honour (at any of the K), or a bad --tree-budget: one-line error."""
     from recspec.decoding.tree_shape import check_budget, check_shape, given_shape
 
-    shape = given_shape(cfg.draft_beams, cfg.gamma, cfg.depths, cfg.widths, cfg.draft_expand)
-    _checked(check_budget, cfg.tree_budget, shape is not None)
+    shape = given_shape(tree.draft_beams, tree.gamma, tree.depths, tree.widths, tree.expand)
+    _checked(check_budget, tree.budget, shape is not None)
     for K in Ks if shape is not None else ():
         _checked(check_shape, shape, K)
+
+
+def _tree_cfg(draft_beams, gamma, expand=None, depths="auto", widths="auto", tree_budget=None) -> TreeConfig:
+    """The tree flags -> TreeConfig (each flag is the field of its name; --tree-budget is `budget`)."""
+    return TreeConfig(draft_beams=draft_beams, gamma=gamma, expand=expand, depths=parse_depths(depths),
+                      widths=parse_depths(widths, "widths"), budget=tree_budget)
 
 
 def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=None, depths="auto", widths="auto",
                 temperature=1.0, tree_budget=None, eos=False, exclude_history=False) -> DecodeConfig:
     if not temperature > 0:
         raise RecSpecError(f"--temperature {temperature}: must be > 0")
-    cfg = DecodeConfig(K=K, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, verify=verify, seed=seed,
-                       draft_expand=expand, depths=parse_depths(depths), widths=parse_depths(widths, "widths"),
-                       temperature=temperature, tree_budget=tree_budget, eos=eos, exclude_history=exclude_history)
-    _check_tree(cfg, [K])
-    return cfg
+    tree = _tree_cfg(draft_beams, gamma, expand, depths, widths, tree_budget)
+    _check_tree(tree, [K])
+    return DecodeConfig(K=K, batch_size=batch_size, verify=verify, seed=seed, temperature=temperature, eos=eos,
+                        exclude_history=exclude_history, tree=tree)
 
 
 # SASRec, the baseline of `eval --baselines` and of the benchmark's quality gate: tuned over this grid on the valid
@@ -226,7 +231,7 @@ SASREC_LR = typer.Option("1e-3,3e-3", help="SASRec grid: learning rates")
 def evaluate(data: str = DATA, model: str = typer.Option(..., help="target checkpoint folder"),
              draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
              split: str = typer.Option("test", help="test or valid", callback=_one_of(*SPLITS)),
-             K: int = typer.Option(20, "--K", callback=_positive),
+             K: int = typer.Option(DecodeConfig.K, "--K", callback=_positive, help="items per user (target beams)"),
              verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
              draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
              expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
@@ -304,7 +309,8 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
               verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
               draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
               expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, tree_budget: Optional[int] = TREE_BUDGET,
-              temperature: float = TEMPERATURE, K: int = typer.Option(10, "--K", callback=_positive), batch_size: int = 32,
+              temperature: float = TEMPERATURE, K: int = typer.Option(DecodeConfig.K, "--K", callback=_positive, help="items per user (target beams)"),
+              batch_size: int = DecodeConfig.batch_size,
               index_dir: Optional[str] = INDEX_DIR,
               seed: int = 0, device: str = "cpu", eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
     """Histories in, top-K distinct items (with titles where known) out, as JSON lines; item ids in and
@@ -405,7 +411,8 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
         torch.set_num_threads(threads)
     named = _named_drafts(draft)
     mode_list = _bench_modes(modes, draft)
-    shape = dict(depths=parse_depths(depths), widths=parse_depths(widths, "widths"))
+    tree = _tree_cfg(draft_beams, gamma, expand, depths, widths, tree_budget)
+    _check_tree(tree, K)
     if not temperature > 0:
         raise RecSpecError(f"--temperature {temperature}: must be > 0")
     rec = Recommender.load(data, target, None, index_dir=index_dir or _model_index_dir(target), device=device)
@@ -417,11 +424,10 @@ def bench(data: str = DATA, target: str = typer.Option(..., help="target checkpo
             continue
         drafts[name], meta = load_checkpoint(path, device=device)
         check_fits(meta, rec.catalog.vocab, rec.catalog.index.fingerprint(), path)
-    cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, draft_beams=draft_beams,
-                      gamma=gamma, draft_expand=expand, **shape, temperature=temperature, modes=mode_list,
-                      cuda_graphs=cuda_graphs, compile=compile, seed=seed, hf_users=hf_users, tree_budget=tree_budget,
-                      eos=eos, exclude_history=exclude_history)
-    _check_tree(cfg, cfg.Ks)
+    decode = DecodeConfig(temperature=temperature, seed=seed, eos=eos, exclude_history=exclude_history, tree=tree,
+                          engine=EngineConfig(cuda_graphs=cuda_graphs, compile=compile))
+    cfg = BenchConfig(Ks=tuple(K), batches=tuple(batch), users=users, warmup=warmup, modes=mode_list,
+                      hf_users=hf_users, decode=decode)
     hf_model = None
     if "hf" in cfg.modes:
         try:
@@ -580,9 +586,9 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
     from recspec.training.distill import distill
 
     cfg = _checked(DistillConfig, objective=objective, alpha=alpha, K=K, beta=beta, epochs=epochs, batch_size=batch_size, lr=lr,
-                   warmup_steps=warmup_steps, eval_every=eval_every, eval_users=eval_users, eval_K=eval_K,
-                   draft_beams=draft_beams, gamma=gamma, seed=seed, max_steps=max_steps, time_limit_s=time_limit_s,
-                   threads=threads)
+                   warmup_steps=warmup_steps, eval_every=eval_every, eval_users=eval_users,
+                   eval_decode=_checked(DecodeConfig, K=eval_K, tree=TreeConfig(draft_beams=draft_beams, gamma=gamma)),
+                   seed=seed, max_steps=max_steps, time_limit_s=time_limit_s, threads=threads)
     cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
     td = _open_teacher(teacher, tgt, cat)
     torch.manual_seed(seed)
@@ -644,10 +650,12 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
     for name in names:
         _checked(DistillConfig, objective=name)
     dcfg = _checked(DistillConfig, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                    eval_every=eval_every, eval_users=eval_users, draft_beams=draft_beams, gamma=gamma, seed=seed,
+                    eval_every=eval_every, eval_users=eval_users, seed=seed,
+                    eval_decode=DecodeConfig(tree=TreeConfig(draft_beams=draft_beams, gamma=gamma)),
                     time_limit_s=time_limit_s, max_steps=max_steps, threads=threads)
     bcfg = BenchConfig(Ks=_ints(K, "--K"), batches=_ints(batch, "--batch"), users=users, warmup=warmup,
-                       draft_beams=draft_beams, gamma=gamma, modes=("ar", "spec-strict", "spec-relaxed"), seed=seed)
+                       modes=("ar", "spec-strict", "spec-relaxed"),
+                       decode=DecodeConfig(seed=seed, tree=TreeConfig(draft_beams=draft_beams, gamma=gamma)))
     cfg = ExperimentConfig(objectives=names, size=size, distill=dcfg, bench=bcfg)
     cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
     _checked(model_config, cat, size)  # an unknown size fails now, not after the teacher checks

@@ -107,27 +107,77 @@ CPU_TREE_BUDGET = 16
 
 
 @dataclass(frozen=True)
+class TreeConfig:
+    """The draft tree of the speculative modes. All six None (the default): auto, the shape derived from
+    the catalogue's trie, K and `budget` (decoding/tree_shape.py). Any of the first five set: an explicit
+    shape, whose unset fields take the classic values (N 40, gamma 3, expand 2, no depths or widths)."""
+
+    draft_beams: int | None = None  # N >= K nodes per tree level
+    gamma: int | None = None  # draft depth: levels drafted per round
+    expand: float | None = None  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
+    depths: tuple[int, ...] | None = None  # draft depth by the SID level a round starts from (gamma past the end)
+    widths: tuple[int, ...] | None = None  # most drafted nodes per tree level, by SID level, each <= N (N past the end)
+    budget: int | None = None  # auto: most tree nodes per target call (None: GPU_ / CPU_TREE_BUDGET by device)
+
+    @property
+    def explicit(self) -> bool:
+        return (self.draft_beams, self.gamma, self.expand, self.depths, self.widths) != (None,) * 5
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs the rounds: the same math, eagerly or with fixed shapes."""
+
+    cuda_graphs: bool = False  # capture each round shape once as a CUDA graph and replay it (CUDA only)
+    compile: bool = False  # rounds through torch.compile (fused kernels; captured as graphs with cuda_graphs)
+    fixed_shapes: bool = False  # the fixed shapes of graph replay, without capturing (tests the graphs' math on a CPU)
+    prompt_width: int | None = None  # left-pad every prompt to this many columns, so batches share one buffer
+    #                                  shape (None: each batch's own; under graphs or compile the longest prompt)
+
+    @property
+    def static(self) -> bool:
+        """Rounds keep fixed shapes (no tree trimming, no early exit, no host sync inside a round)."""
+        return self.cuda_graphs or self.compile or self.fixed_shapes
+
+
+VERIFY_RULES = ("strict", "relaxed")  # DecodeConfig.verify: decoding/verify.py RULES
+
+
+@dataclass(frozen=True)
 class DecodeConfig:
-    """How recommendations are decoded."""
+    """How recommendations are decoded: the one description of a decoding run, for the CLI, the Python API,
+    benchmarks and scripts (`decoding.engine.build_engine`)."""
 
     K: int = 10  # target beams = items returned per user
     batch_size: int = 32  # users decoded together
-    # The draft tree (speculative modes). All five None (the default): auto, the shape derived from the
-    # catalogue's trie, K and tree_budget (decoding/tree_shape.py). Any one set: an explicit shape, whose
-    # unset fields take the classic values (N 40, gamma 3, expand 2, no depths or widths).
-    draft_beams: int | None = None  # N >= K nodes per tree level
-    gamma: int | None = None  # draft depth: levels drafted per round
-    draft_expand: float | None = None  # below a tree's first level, extend only the draft's best expand*K nodes (0: all N)
-    depths: tuple[int, ...] | None = None  # draft depth by the SID level a round starts from (gamma past the end)
-    widths: tuple[int, ...] | None = None  # most drafted nodes per tree level, by SID level, each <= N (N past the end)
-    tree_budget: int | None = None  # auto: most tree nodes per target call (None: GPU_ / CPU_TREE_BUDGET)
+    verify: str = "strict"  # "strict" (exactly the target's beam search) or "relaxed" (its sampling beam search)
     temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature (-> top-K as it -> 0)
-    verify: str = "strict"  # "strict" (exact) or "relaxed" (sampling)
-    seed: int = 0  # for relaxed verification's sampling
+    seed: int = 0  # relaxed verification's sampling
     eos: bool = False  # score <eos> after an item's L codes, an (L+1)-th target call (transformers' generate);
     #                    off: L calls, an item's score is the sum of its code log-probs (every item has L codes)
     exclude_history: bool = False  # never recommend an item of the user's history (the trie is pruned per user);
     #                                off: history items may be recommended, as the model ranks them
+    tree: TreeConfig = TreeConfig()  # the draft tree (speculative modes; ignored without a drafter)
+    engine: EngineConfig = EngineConfig()  # eager, CUDA graphs, compile
+
+    def __post_init__(self) -> None:
+        if self.K < 1 or self.batch_size < 1:
+            raise ValueError(f"K and batch size must be >= 1, got K={self.K}, batch size {self.batch_size}")
+        if self.verify not in VERIFY_RULES:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_RULES)}, got {self.verify!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def replace(self, **changes) -> "DecodeConfig":
+        """A copy with fields changed; tree.* and engine.* fields by name (`cfg.replace(K=5, gamma=2)`)."""
+        tree = {k: changes.pop(k) for k in list(changes) if k in _TREE_FIELDS}
+        engine = {k: changes.pop(k) for k in list(changes) if k in _ENGINE_FIELDS}
+        return dataclasses.replace(self, **changes, tree=dataclasses.replace(self.tree, **tree),
+                                   engine=dataclasses.replace(self.engine, **engine))
+
+
+_TREE_FIELDS = {f.name for f in dataclasses.fields(TreeConfig)}
+_ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineConfig)}
 
 
 def parse_shape_list(text: str, what: str) -> tuple[int, ...] | None:
@@ -177,9 +227,8 @@ class DistillConfig:
     grad_clip: float = 1.0  # max gradient norm
     eval_every: int = 0  # validate every N steps (0: once per epoch)
     eval_users: int = 200  # validation users decoded (strict and relaxed) at each validation (0: none)
-    eval_K: int = 10  # target beams K of the validation decoding
-    draft_beams: int = 40  # N draft beams of the validation decoding (raised to eval_K where smaller)
-    gamma: int = 3  # draft depth of the validation decoding
+    eval_decode: DecodeConfig = DecodeConfig(tree=TreeConfig(draft_beams=40, gamma=3))  # the validation decoding
+    #   (its K target beams, its tree; batch_size is this config's; verify: both rules are run)
     seed: int = 0  # shuffling, initialisation, relaxed verification's sampling
     max_steps: int = 0  # stop after this many steps (0: no limit)
     time_limit_s: float = 0.0  # stop after this many seconds (0: no limit)
@@ -190,5 +239,5 @@ class DistillConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVE_NAMES)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.K < 1 or self.eval_K < 1 or self.gamma < 1 or self.batch_size < 1:
-            raise ValueError("K, eval_K, gamma and batch_size must be >= 1")
+        if self.K < 1 or self.batch_size < 1:
+            raise ValueError("K and batch_size must be >= 1")

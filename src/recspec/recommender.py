@@ -22,14 +22,12 @@ import torch
 from recspec.config import DecodeConfig
 from recspec.data.catalog import Catalog, open_catalog
 from recspec.data.datasets import HISTORY_LEN, Example
-from recspec.data.exclusion import history_rows
-from recspec.data.vocab import build_prompts
 from recspec.decoding.beam_search import BeamResult
-from recspec.decoding.drafters import TRIE, make_drafter
-from recspec.decoding.engine import SpecEngine
+from recspec.decoding.drafters import TRIE
+from recspec.decoding.engine import SpecEngine, build_engine
 from recspec.decoding.stats import SpecStats
-from recspec.decoding.tree_shape import TreeShape, no_tree, shape_for
-from recspec.evaluation.evaluate import length_batches, target_sids
+from recspec.decoding.tree_shape import TreeShape, tree_shape
+from recspec.evaluation.evaluate import decode_users, target_sids
 from recspec.evaluation.metrics import DEFAULT_KS, ranking_metrics
 from recspec.models.decoder import Decoder
 from recspec.models.hf import check_fits, load_checkpoint
@@ -67,17 +65,12 @@ class Recommender:
 
     def tree_shape(self, K: int) -> TreeShape | None:
         """The draft tree at K: auto (from the catalogue's trie, for the device) unless cfg gives one; None without a draft."""
-        return shape_for(self.cfg, self.catalog.trie, K, self.device) if self.draft is not None else None
+        return tree_shape(replace(self.cfg, K=K), self.catalog.trie, self.device) if self.draft is not None else None
 
-    def _engine(self, K: int) -> SpecEngine:
-        trie = self.catalog.trie.to(self.device)
-        shape = self.tree_shape(K) or no_tree(K)
-        drafter = make_drafter(self.draft, trie, shape.N, shape.expand,
-                               self.catalog.popularity) if self.draft is not None else None
-        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        return SpecEngine(self.target, drafter, trie, K=K, N=shape.N, gamma=shape.gamma,
-                          verify=self.cfg.verify, generator=gen, depths=shape.depths,
-                          widths=shape.widths, temperature=self.cfg.temperature, eos=self.cfg.eos)
+    def engine(self, K: int | None = None) -> SpecEngine:
+        """The engine of this recommender's config (at K, default cfg.K), on its device."""
+        return build_engine(self.target, self.catalog.trie, replace(self.cfg, K=K or self.cfg.K), self.draft,
+                            self.catalog.popularity)
 
     def recommend(self, histories: Sequence[Sequence[int | str]], K: int | None = None,
                   names: Sequence[str] | None = None) -> tuple[Recommendations, SpecStats]:
@@ -100,27 +93,17 @@ class Recommender:
         them), rows in input order, and decoding statistics. `catalog.trie.items(result.sids)` maps
         the SID rows to internal item ids, one item each. With cfg.exclude_history no list holds an item
         of its (whole) history."""
-        K = K or self.cfg.K
-        engine, stats = self._engine(K), SpecStats()
-        U, L = len(histories), self.catalog.trie.num_levels
-        out = BeamResult(torch.full((U, K), -1), torch.full((U, K), float("-inf")), torch.zeros(U, K, L, dtype=torch.long))
-        for users in length_batches(histories, self.cfg.batch_size):
-            prompts = build_prompts(self.catalog.vocab, self.catalog.index, [histories[i] for i in users],
-                                    where="history").to(self.device)
-            exclude = history_rows(engine.trie, [histories[i] for i in users]) if self.cfg.exclude_history else None
-            res, st = engine.run(prompts, exclude=exclude)
-            rows = torch.tensor(users)
-            out.sids[rows], out.scores[rows], out.codes[rows] = res.sids.cpu(), res.scores.cpu(), res.codes.cpu()
-            stats = stats.merge(st)
-        return out, stats
+        return decode_users(self.engine(K), self.catalog, histories, self.cfg.batch_size, self.cfg.exclude_history)
 
-    def evaluate(self, examples: Sequence[Example], K: int = 20, ks: Sequence[int] = DEFAULT_KS) -> dict:
+    def evaluate(self, examples: Sequence[Example], K: int | None = None, ks: Sequence[int] = DEFAULT_KS) -> dict:
+        """Recall@k / NDCG@k (k <= K, default cfg.K) of the top-K lists of `examples`, and the decoding statistics."""
+        K = K or self.cfg.K
         res, stats = self.recommend_internal([e.history for e in examples], K)
         metrics = ranking_metrics(res.sids.tolist(), target_sids(self.catalog.trie, examples), [k for k in ks if k <= K])
-        return {**metrics, "users": len(examples), **{k: v for k, v in stats.summary().items() if k != "times"}}
+        return {**metrics, "users": len(examples), **stats.summary()}
 
     def with_config(self, **changes) -> "Recommender":
-        return replace(self, cfg=replace(self.cfg, **changes))
+        return replace(self, cfg=self.cfg.replace(**changes))
 
 
 __all__ = ["Recommender", "Recommendations", "HISTORY_LEN"]

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recspec.config import DecodeConfig
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts, Vocab
 from recspec.decoding.beam_search import BeamResult
+from recspec.decoding.drafters import DrafterInputs
 from recspec.decoding.stats import SpecStats
 from recspec.decoding.tree_shape import TreeShape
 
@@ -43,6 +45,18 @@ class Beauty:
 
     def prompts(self, batch: int) -> list[Prompts]:
         return self.batched if batch == BATCH else self.single
+
+
+def decode(K: int, N: int | None = None, gamma: int | None = None, **fields) -> DecodeConfig:
+    """A DecodeConfig with an explicit tree of N nodes per level and depth gamma (None: auto); other
+    fields by name, tree and engine ones included (`DecodeConfig.replace`)."""
+    return DecodeConfig(K=K).replace(draft_beams=N, gamma=gamma, **fields)
+
+
+def inputs(trie: SIDTrie, N: int, expand: float = 2.0, model=None, prior: torch.Tensor | None = None) -> DrafterInputs:
+    """What a drafter is built from: the trie, a tree of N nodes per level (draft models: extending the
+    best expand * K nodes below its first level), and a draft model or a prior."""
+    return DrafterInputs(trie, TreeShape(N=N, gamma=0, depths=(), widths=(), expand=expand), model, prior)
 
 
 def noisy_copy(model: torch.nn.Module, std: float, seed: int) -> torch.nn.Module:

@@ -10,16 +10,16 @@ import pytest
 import torch
 from spec_checks import ATOL, check_items, covered, levels_table, path, tie_swapped
 
-from recspec.config import DecodeConfig, ModelConfig, TrainConfig
+from recspec.config import DecodeConfig, ModelConfig, TrainConfig, TreeConfig
 from recspec.data.catalog import Catalog, open_catalog
 from recspec.data.datasets import Example, SplitData
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import build_trie
 from recspec.data.vocab import Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
-from recspec.decoding.drafters import TRIE, make_drafter
-from recspec.decoding.engine import SpecEngine
-from recspec.decoding.tree_shape import shape_for
+from recspec.decoding.drafters import TRIE
+from recspec.decoding.engine import build_engine
+from recspec.decoding.tree_shape import default_tree_budget, tree_shape
 from recspec.models.decoder import Decoder
 from recspec.training.train import train
 
@@ -101,10 +101,10 @@ CASES = [(name, K, batch, drafter, device) for name in ("office", "synthetic") f
                          ids=[f"{c[0]}-K{c[1]}-b{c[2]}-{c[3]}-{c[4]}-budget" for c in CASES])
 def test_strict_with_auto_shapes_equals_beam_search(catalogs, models, reference, name, K, batch, drafter, device):
     cat, (target, draft) = catalogs[name], models[name]
-    shape = shape_for(DecodeConfig(), cat.trie, K, device)  # the default: auto
-    engine = SpecEngine(target, make_drafter(TRIE if drafter == "trie" else draft, cat.trie, shape.N, shape.expand,
-                                             cat.popularity),
-                        cat.trie, K=K, N=shape.N, gamma=shape.gamma, depths=shape.depths, widths=shape.widths)
+    cfg = DecodeConfig(K=K, tree=TreeConfig(budget=default_tree_budget(device)))  # auto, at the device's budget
+    shape = tree_shape(cfg, cat.trie, device)
+    engine = build_engine(target, cat.trie, cfg, TRIE if drafter == "trie" else draft, cat.popularity)
+    assert engine.shape == shape
     L = cat.trie.num_levels
     sids = cat.trie.sids.numpy()
     planned = len(path(shape, L)) if covered(shape, sids, K) else None

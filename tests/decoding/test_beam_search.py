@@ -304,6 +304,7 @@ def test_ar_takes_one_model_call_per_level(beauty, eos):
     """Plain beam search and the engine's AR mode: the prefill, then one call per further level, so L
     calls (the trie's levels) without eos and L + 1 with the <eos> step."""
     from recspec.decoding.engine import SpecEngine
+    from spec_checks import decode
 
     calls = []
     hook = beauty.model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
@@ -311,7 +312,7 @@ def test_ar_takes_one_model_call_per_level(beauty, eos):
         prompts = build_prompts(beauty.vocab, beauty.index, beauty.histories[:BATCH])
         beam_search(beauty.model, beauty.trie, prompts, 5, eos=eos)
         searched = len(calls)
-        _, stats = SpecEngine(beauty.model, None, beauty.trie, K=5, N=5, gamma=0, eos=eos).run(prompts)
+        _, stats = SpecEngine(beauty.model, None, beauty.trie, decode(K=5, N=5, gamma=0, eos=eos)).run(prompts)
         engine = len(calls) - searched
     finally:
         hook.remove()

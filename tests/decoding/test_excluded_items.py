@@ -17,9 +17,9 @@ from recspec.data.vocab import Vocab, build_prompts
 from recspec.decoding.beam_search import BeamResult, beam_search
 from recspec.decoding.drafters import DraftModelDrafter, TrieDrafter, popularity_prior
 from recspec.decoding.engine import SpecEngine
-from recspec.decoding.spec_beam import _frontier
+from recspec.decoding.handoff import Sampling
 from recspec.decoding.tree import DraftTree
-from spec_checks import ATOL, BATCH, ROWS, TOY, check_items, levels_table, outcome_counts
+from spec_checks import ATOL, BATCH, ROWS, TOY, check_items, decode, inputs, levels_table, outcome_counts
 
 # Fixtures `beauty` (Beauty test users, target and drafts) and `reference` (the target's beam search)
 # come from conftest.py.
@@ -77,10 +77,9 @@ def test_strict_with_exclusions_equals_beam_search(beauty, reference, draft, K, 
         rows = biting_rows(beauty.trie, plain)
         want = beam_search(beauty.target, beauty.trie, p, K, eos=eos, exclude=rows)
         assert (want.sids != plain.sids).any(dim=1).all(), "the exclusions changed no list"
-        drafter = TrieDrafter(beauty.trie, N, popularity_prior(beauty.trie, beauty.train)) if draft == "trie" \
-            else DraftModelDrafter(beauty.drafts[draft], beauty.trie, N)
-        engine = SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=gamma, depths=depths, widths=widths,
-                            fixed_shapes=fixed, prompt_width=width if fixed else None, eos=eos)
+        drafter = TrieDrafter(inputs(beauty.trie, N, prior=popularity_prior(beauty.trie, beauty.train))) if draft == "trie" \
+            else DraftModelDrafter(inputs(beauty.trie, N, model=beauty.drafts[draft]))
+        engine = SpecEngine(beauty.target, drafter, beauty.trie, decode(K=K, N=N, gamma=gamma, depths=depths, widths=widths, fixed_shapes=fixed, prompt_width=width if fixed else None, eos=eos))
         got, stats = engine.run(p, exclude=rows)
         check_items(beauty.trie, beauty.vocab, got)  # K real items each: Beauty has plenty left
         check_allowed(got, rows)
@@ -109,13 +108,13 @@ def test_drafters_never_propose_an_excluded_node(beauty, draft, sample):
     B, U = prompts.tokens.shape[0], trie.num_sids
     rows = torch.rand(B, U, generator=torch.Generator().manual_seed(3)) < 0.5
     rows |= trie.sids[None, :, 0] == trie.sids[0, 0]
-    drafter = TrieDrafter(trie, N, popularity_prior(trie, beauty.train)) if draft == "trie" \
-        else DraftModelDrafter(beauty.drafts[draft], trie, N)
-    engine = SpecEngine(beauty.target, drafter, trie, K=K, N=N, gamma=3)
-    engine._load(prompts, rows)
+    drafter = TrieDrafter(inputs(trie, N, prior=popularity_prior(trie, beauty.train))) if draft == "trie" \
+        else DraftModelDrafter(inputs(trie, N, model=beauty.drafts[draft]))
+    engine = SpecEngine(beauty.target, drafter, trie, decode(K=K, N=N, gamma=3))
+    engine.load(prompts, rows)
     drafter.prefill()
-    frontier = _frontier(engine.beams, engine.lay, False, engine.banned)
-    tree = drafter.propose(frontier, 3, sample, torch.Generator().manual_seed(4))
+    tree = drafter.propose(engine.frontier(first=True), 3, None,
+                           Sampling(1.0, torch.Generator().manual_seed(4)) if sample else None)
     states = node_states(trie, engine.beams.states, tree)  # (B, 3, N)
     banned = banned_states(trie, rows)
     hit = banned.gather(1, states.flatten(1)).reshape(states.shape) & tree.valid
@@ -142,8 +141,8 @@ def test_fewer_allowed_items_than_K_gives_them_then_minus_one(toy, eos):
     want = beam_search(target, trie, prompts, U, eos=eos, exclude=rows)
     check_allowed(want, rows)
     assert ((want.sids >= 0).sum(dim=1) == (~rows).sum(dim=1)).all()  # every allowed SID, and only those
-    for drafter in (DraftModelDrafter(draft, trie, U), TrieDrafter(trie, U)):
-        got, stats = SpecEngine(target, drafter, trie, K=U, N=U, gamma=2, eos=eos).run(prompts, exclude=rows)
+    for drafter in (DraftModelDrafter(inputs(trie, U, model=draft)), TrieDrafter(inputs(trie, U))):
+        got, stats = SpecEngine(target, drafter, trie, decode(K=U, N=U, gamma=2, eos=eos)).run(prompts, exclude=rows)
         check_equal(got, want)
         levels_table(stats, trie.num_levels, 2, eos)
 
@@ -160,8 +159,8 @@ def test_most_of_the_catalogue_excluded(beauty):
     want = beam_search(beauty.target, trie, prompts, K, exclude=rows)
     check_items(trie, beauty.vocab, want)
     check_allowed(want, rows)
-    for drafter in (DraftModelDrafter(beauty.drafts["noisy"], trie, N), TrieDrafter(trie, N, popularity_prior(trie, beauty.train))):
-        got, _ = SpecEngine(beauty.target, drafter, trie, K=K, N=N, gamma=3).run(prompts, exclude=rows)
+    for drafter in (DraftModelDrafter(inputs(trie, N, model=beauty.drafts["noisy"])), TrieDrafter(inputs(trie, N, prior=popularity_prior(trie, beauty.train)))):
+        got, _ = SpecEngine(beauty.target, drafter, trie, decode(K=K, N=N, gamma=3)).run(prompts, exclude=rows)
         check_equal(got, want)
 
 
@@ -172,8 +171,7 @@ def test_one_engine_runs_with_and_without_exclusions(beauty, reference):
     prompts = beauty.batched[0]
     width = prompts.tokens.shape[1]
     plain = reference(K, BATCH, [0])[0]
-    engine = SpecEngine(beauty.target, DraftModelDrafter(beauty.drafts["noisy"], beauty.trie, N), beauty.trie,
-                        K=K, N=N, gamma=3, fixed_shapes=True, prompt_width=width)
+    engine = SpecEngine(beauty.target, DraftModelDrafter(inputs(beauty.trie, N, model=beauty.drafts["noisy"])), beauty.trie, decode(K=K, N=N, gamma=3, fixed_shapes=True, prompt_width=width))
     first = biting_rows(beauty.trie, plain)
     second = torch.roll(first, shifts=1, dims=0)
     for rows in (first, None, second):
@@ -190,8 +188,7 @@ def test_relaxed_with_exclusions_follows_sampling_beam_search(toy):
     K, N, rows_n = 2, 2, ROWS // 2
     prompts = build_prompts(vocab, TOY, [[0, 4, 5]] * rows_n)
     rows = history_rows(trie, [[0, 4]] * rows_n)  # excludes one SID of two different level-1 codes
-    engine = SpecEngine(target, DraftModelDrafter(draft, trie, N), trie, K=K, N=N, gamma=2, verify="relaxed",
-                        generator=torch.Generator().manual_seed(7))
+    engine = SpecEngine(target, DraftModelDrafter(inputs(trie, N, model=draft)), trie, decode(K=K, N=N, gamma=2, verify="relaxed"), generator=torch.Generator().manual_seed(7))
     spec, stats = engine.run(prompts, exclude=rows)
     acc, _ = levels_table(stats, trie.num_levels, 2)
     assert (acc == 0).any() and (acc > 0).any()

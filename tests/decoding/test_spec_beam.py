@@ -13,9 +13,9 @@ from recspec.data.trie import build_trie
 from recspec.data.vocab import Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
-from recspec.decoding.spec_beam import spec_beam_search
+from recspec.decoding.engine import spec_beam_search
 from recspec.errors import CheckpointError
-from spec_checks import ATOL, BATCH, ROWS, TOY, check_items, levels_table, outcome_counts
+from spec_checks import ATOL, BATCH, ROWS, TOY, check_items, decode, inputs, levels_table, outcome_counts
 
 # Fixtures `beauty` (Beauty test users, target and drafts) and `reference` (the target's beam search)
 # come from conftest.py; the constants and checks shared with other decoding tests from spec_checks.py.
@@ -57,8 +57,8 @@ def test_strict_equals_beam_search(beauty, reference, K, N, gamma, draft, batch,
     L = beauty.trie.num_levels
     accepted = []
     for b, (prompts, want) in enumerate(zip(beauty.prompts(batch), reference(K, batch, eos=eos))):
-        drafter = DraftModelDrafter(beauty.drafts[draft], beauty.trie, N)
-        got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, prompts, K, N, gamma, eos=eos)
+        drafter = DraftModelDrafter(inputs(beauty.trie, N, model=beauty.drafts[draft]))
+        got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, prompts, decode(K=K, N=N, gamma=gamma, eos=eos))
         check_items(beauty.trie, beauty.vocab, got)
         same = (got.sids == want.sids).all(dim=1)
         assert same.all(), f"batch {b}: users {torch.nonzero(~same).flatten().tolist()} differ from beam search"
@@ -88,8 +88,8 @@ def test_depth_schedule_stays_exact(beauty, reference, K, N, depths, expand, dra
     L = beauty.trie.num_levels
     depth_of = lambda lvl: depths[lvl] if lvl < len(depths) else depths[-1]  # noqa: E731
     for prompts, want in zip(beauty.prompts(batch), reference(K, batch)):
-        drafter = DraftModelDrafter(beauty.drafts[draft], beauty.trie, N, expand)
-        engine = SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=depths[-1], depths=depths)
+        drafter = DraftModelDrafter(inputs(beauty.trie, N, expand, model=beauty.drafts[draft]))
+        engine = SpecEngine(beauty.target, drafter, beauty.trie, decode(K=K, N=N, gamma=depths[-1], depths=depths))
         got, stats = engine.run(prompts)
         assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
         torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
@@ -118,9 +118,8 @@ def test_tree_widths_stay_exact(beauty, reference, K, N, gamma, widths, expand, 
     L = beauty.trie.num_levels
     width = max(p.tokens.shape[1] for p in beauty.prompts(batch))
     for prompts, want in zip(beauty.prompts(batch), reference(K, batch)):
-        drafter = DraftModelDrafter(beauty.drafts[draft], beauty.trie, N, expand)
-        engine = SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=gamma, widths=widths,
-                            fixed_shapes=fixed, prompt_width=width if fixed else None)
+        drafter = DraftModelDrafter(inputs(beauty.trie, N, expand, model=beauty.drafts[draft]))
+        engine = SpecEngine(beauty.target, drafter, beauty.trie, decode(K=K, N=N, gamma=gamma, widths=widths, fixed_shapes=fixed, prompt_width=width if fixed else None))
         got, stats = engine.run(prompts)
         assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
         torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
@@ -133,21 +132,19 @@ def test_tree_width_caps_the_drafted_nodes(beauty):
     """The drafter proposes at most widths[j] valid nodes at tree level j, and says so in `fed`."""
     from recspec.decoding.engine import SpecEngine
 
-    drafter = DraftModelDrafter(beauty.drafts["random"], beauty.trie, 40, 0.0)
-    engine = SpecEngine(beauty.target, drafter, beauty.trie, K=10, N=40, gamma=3, widths=(30, 12))
+    drafter = DraftModelDrafter(inputs(beauty.trie, 40, 0.0, model=beauty.drafts["random"]))
+    engine = SpecEngine(beauty.target, drafter, beauty.trie, decode(K=10, N=40, gamma=3, widths=(30, 12)))
     assert engine.widths_from(0, 3) == (30, 12, 40) and engine.widths_from(1, 2) == (12, 40)
     assert engine.widths_from(2, 2) is None  # no cap below N
-    engine._load(beauty.batched[0])
+    engine.load(beauty.batched[0])
     drafter.prefill()
-    from recspec.decoding.spec_beam import _frontier
-
-    tree = drafter.propose(_frontier(engine.beams, engine.lay, False), 3, False, None, (30, 12, 40))
+    tree = drafter.propose(engine.frontier(first=True), 3, (30, 12, 40))
     assert tree.fed == (30, 12, 40)
     valid = tree.valid.sum(dim=2)  # (B, d)
     assert (valid[:, 0] <= 30).all() and (valid[:, 1] <= 12).all() and not tree.valid[:, 0, 30:].any()
     assert (valid[:, 0] == 30).all()  # the root has 91 codes: the cap binds
     with pytest.raises(ValueError, match="widths"):
-        SpecEngine(beauty.target, drafter, beauty.trie, K=10, N=40, gamma=3, widths=(30, 0))
+        SpecEngine(beauty.target, drafter, beauty.trie, decode(K=10, N=40, gamma=3, widths=(30, 0)))
 
 
 def test_compiled_rounds_stay_exact(beauty, reference):
@@ -155,24 +152,22 @@ def test_compiled_rounds_stay_exact(beauty, reference):
     from recspec.decoding.engine import SpecEngine
 
     K, N = 5, 10
-    drafter = DraftModelDrafter(beauty.drafts["noisy"], beauty.trie, N, 0.0)
-    engine = SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=2, depths=(1, 2), compile=True,
-                        prompt_width=beauty.batched[0].tokens.shape[1])
+    drafter = DraftModelDrafter(inputs(beauty.trie, N, 0.0, model=beauty.drafts["noisy"]))
+    engine = SpecEngine(beauty.target, drafter, beauty.trie, decode(K=K, N=N, gamma=2, depths=(1, 2), compile=True, prompt_width=beauty.batched[0].tokens.shape[1]))
     for prompts, want in list(zip(beauty.prompts(BATCH), reference(K, BATCH)))[:2]:
         got, stats = engine.run(prompts)
         assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
         torch.testing.assert_close(got.scores, want.scores, atol=ATOL, rtol=0)
         assert (stats.target_calls() < beauty.trie.num_levels).any()  # some levels were accepted (AR: L calls)
     with pytest.raises(ValueError, match="global RNG"):
-        SpecEngine(beauty.target, drafter, beauty.trie, K=K, N=N, gamma=2, compile=True, generator=torch.Generator())
+        SpecEngine(beauty.target, drafter, beauty.trie, decode(K=K, N=N, gamma=2, compile=True), generator=torch.Generator())
 
 
 def test_negative_depth_is_refused(beauty):
     from recspec.decoding.engine import SpecEngine
 
     with pytest.raises(ValueError, match="depths"):
-        SpecEngine(beauty.target, DraftModelDrafter(beauty.drafts["random"], beauty.trie, 10), beauty.trie,
-                   K=5, N=10, gamma=2, depths=(1, -1))
+        SpecEngine(beauty.target, DraftModelDrafter(inputs(beauty.trie, 10, model=beauty.drafts["random"])), beauty.trie, decode(K=5, N=10, gamma=2, depths=(1, -1)))
 
 
 # --- relaxed mode: the law of sampling beam search --------------------------------------------------
@@ -194,8 +189,7 @@ def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, te
     draft = make_decoder(vocab, seed=6, std=0.25)
     prompts = build_prompts(vocab, TOY, [[0, 4, 5]] * ROWS)
     K, U = 2, trie.num_sids
-    engine = SpecEngine(target, DraftModelDrafter(draft, trie, N), trie, K=K, N=N, gamma=gamma, verify="relaxed",
-                        generator=torch.Generator().manual_seed(7), widths=widths, temperature=temperature, eos=eos)
+    engine = SpecEngine(target, DraftModelDrafter(inputs(trie, N, model=draft)), trie, decode(K=K, N=N, gamma=gamma, verify="relaxed", widths=widths, temperature=temperature, eos=eos), generator=torch.Generator().manual_seed(7))
     spec, stats = engine.run(prompts)
     acc, _ = levels_table(stats, trie.num_levels, gamma, eos)
     assert (acc == 0).any() and (acc > 0).any()  # both accepted drafts and residual sampling occur
@@ -226,9 +220,8 @@ def test_relaxed_follows_sampling_beam_search(make_decoder, N, gamma, widths, te
 
 def test_relaxed_on_beauty_returns_real_distinct_items(beauty):
     K, N, gamma = 10, 20, 3
-    drafter = DraftModelDrafter(beauty.drafts["random"], beauty.trie, N)
-    got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, beauty.batched[0], K, N, gamma,
-                                  verify="relaxed", generator=torch.Generator().manual_seed(0))
+    drafter = DraftModelDrafter(inputs(beauty.trie, N, model=beauty.drafts["random"]))
+    got, stats = spec_beam_search(beauty.target, drafter, beauty.trie, beauty.batched[0], decode(K=K, N=N, gamma=gamma, verify="relaxed"), generator=torch.Generator().manual_seed(0))
     check_items(beauty.trie, beauty.vocab, got)
     assert all(len(set(row)) == K for row in got.sids.tolist())
     assert torch.isfinite(got.scores).all() and (got.scores[:, 1:] <= got.scores[:, :-1]).all()
@@ -246,23 +239,22 @@ def toy(make_decoder):
 def test_fewer_draft_beams_than_target_beams_is_refused(toy):
     vocab, trie, model, prompts = toy
     with pytest.raises(ValueError, match="N >= K"):
-        spec_beam_search(model, DraftModelDrafter(model, trie, 2), trie, prompts, K=3, N=2, gamma=2)
+        spec_beam_search(model, DraftModelDrafter(inputs(trie, 2, model=model)), trie, prompts, decode(K=3, N=2, gamma=2))
 
 
 def test_more_beams_than_items_is_refused(toy):
     vocab, trie, model, prompts = toy
     with pytest.raises(ValueError, match=r"number of distinct items \(7\)"):
-        spec_beam_search(model, DraftModelDrafter(model, trie, 8), trie, prompts, K=8, N=8, gamma=2)
+        spec_beam_search(model, DraftModelDrafter(inputs(trie, 8, model=model)), trie, prompts, decode(K=8, N=8, gamma=2))
 
 
 def test_draft_with_another_vocabulary_is_refused(toy, make_decoder):
     vocab, trie, _, _ = toy
     with pytest.raises(CheckpointError, match="draft vocabulary"):
-        DraftModelDrafter(make_decoder(vocab.size + 1), trie, 4)
+        DraftModelDrafter(inputs(trie, 4, model=make_decoder(vocab.size + 1)))
 
 
 def test_target_with_another_vocabulary_is_refused(toy, make_decoder):
     vocab, trie, model, prompts = toy
     with pytest.raises(ValueError, match="target vocabulary"):
-        spec_beam_search(make_decoder(vocab.size + 1), DraftModelDrafter(model, trie, 4), trie, prompts,
-                         K=2, N=4, gamma=1)
+        spec_beam_search(make_decoder(vocab.size + 1), DraftModelDrafter(inputs(trie, 4, model=model)), trie, prompts, decode(K=2, N=4, gamma=1))

@@ -18,7 +18,7 @@ from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import Vocab
 from recspec.decoding.tree_shape import (CLASSIC, TreeShape, auto_shape, best_widths, check_budget, check_shape,
-                                         cover_cdf, default_tree_budget, given_shape, plan_rounds, shape_for)
+                                         cover_cdf, default_tree_budget, given_shape, plan_rounds, tree_shape)
 
 
 def trie_of(codes: np.ndarray) -> SIDTrie:
@@ -207,12 +207,12 @@ def test_a_budget_is_for_the_auto_shape_only():
 
 def test_configs_resolve_to_the_auto_shape_unless_they_set_one():
     trie, K = trie_of(WIDE_ROOT), 10
-    assert shape_for(DecodeConfig(), trie, K) == auto_shape(trie, K, CPU_TREE_BUDGET)  # the target on the CPU
-    assert shape_for(DecodeConfig(), trie, K, device="cuda") == auto_shape(trie, K, GPU_TREE_BUDGET)
-    assert shape_for(DecodeConfig(tree_budget=64), trie, K) == auto_shape(trie, K, 64)
-    assert shape_for(DecodeConfig(draft_beams=16, gamma=2), trie, K) == TreeShape(16, 2, (), (), CLASSIC.expand)
+    assert tree_shape(DecodeConfig(K=K), trie) == auto_shape(trie, K, CPU_TREE_BUDGET)  # the target on the CPU
+    assert tree_shape(DecodeConfig(K=K), trie, device="cuda") == auto_shape(trie, K, GPU_TREE_BUDGET)
+    assert tree_shape(DecodeConfig(K=K).replace(budget=64), trie) == auto_shape(trie, K, 64)
+    assert tree_shape(DecodeConfig(K=K).replace(draft_beams=16, gamma=2), trie) == TreeShape(16, 2, (), (), CLASSIC.expand)
     with pytest.raises(ValueError, match="--widths 17: 17 is above --draft-beams 16"):
-        shape_for(DecodeConfig(draft_beams=16, widths=(17,)), trie, K)
+        tree_shape(DecodeConfig(K=K).replace(draft_beams=16, widths=(17,)), trie)
 
 
 def test_the_default_budget_is_the_device_s():

@@ -20,12 +20,11 @@ from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import Prompts, Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
 from recspec.decoding.drafters import DraftModelDrafter, TrieDrafter, make_drafter, popularity_prior
-from recspec.decoding.drafters.base import Frontier
+from recspec.decoding.handoff import Frontier, Sampling
 from recspec.decoding.engine import SpecEngine
-from recspec.decoding.spec_beam import _frontier
-from recspec.decoding.stats import PhaseClock
+from recspec.decoding.round import RoundPlan
 from recspec.decoding.tree import DraftTree
-from spec_checks import ATOL, BATCH, ROWS, TARGET, TOY, check_items, levels_table, outcome_counts
+from spec_checks import ATOL, BATCH, ROWS, TARGET, TOY, check_items, decode, inputs, levels_table, outcome_counts
 
 # Fixtures `beauty` and `reference` come from conftest.py.
 
@@ -85,9 +84,7 @@ def test_strict_equals_beam_search(beauty, reference, K, N, gamma, depths, width
     pairs = list(zip([beauty.prompts(batch)[b] for b in which], reference(K, batch, which, eos)))
     root_fits = int(fan_out(beauty.trie)[beauty.trie.ROOT]) <= min((widths or (N,))[0], N)
     for b, (prompts, want) in enumerate(pairs):
-        engine = SpecEngine(beauty.target, TrieDrafter(beauty.trie, N, pop), beauty.trie, K=K, N=N, gamma=gamma,
-                            depths=depths, widths=widths, fixed_shapes=fixed, prompt_width=width if fixed else None,
-                            eos=eos)
+        engine = SpecEngine(beauty.target, TrieDrafter(inputs(beauty.trie, N, prior=pop)), beauty.trie, decode(K=K, N=N, gamma=gamma, depths=depths, widths=widths, fixed_shapes=fixed, prompt_width=width if fixed else None, eos=eos))
         got, stats = engine.run(prompts)
         check_items(beauty.trie, beauty.vocab, got)
         same = (got.sids == want.sids).all(dim=1)
@@ -103,10 +100,10 @@ def test_strict_equals_beam_search(beauty, reference, K, N, gamma, depths, width
 def level2_beams(target, trie: SIDTrie, prompts, K: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's K beams after two SID levels (plain beam search, two rounds of the AR engine):
     states (B, K) and whether each beam is live (B, K)."""
-    engine = SpecEngine(target, None, trie, K=K, N=K, gamma=0)
-    engine._load(prompts)
-    engine._round(True, 0, PhaseClock())
-    engine._round(False, 0, PhaseClock())
+    engine = SpecEngine(target, None, trie, decode(K=K, N=K, gamma=0))
+    engine.load(prompts)
+    engine.round(RoundPlan(first=True, d=0))
+    engine.round(RoundPlan(first=False, d=0))
     assert (engine.beams.level == 2).all()
     return engine.beams.states.clone(), torch.isfinite(engine.beams.scores)
 
@@ -140,8 +137,7 @@ def test_a_tree_holding_every_child_takes_two_target_calls(beauty, make_decoder,
         assert live.all()
         last = L if eos else L - 1  # the deepest SID level round 2 drafts
         fits = torch.stack([(below[j - 1][states] * live).sum(dim=1) <= widths[1 + j] for j in range(1, last - 1)]).all(0)
-        engine = SpecEngine(target, TrieDrafter(trie, N, prior), trie, K=K, N=N, gamma=2, depths=depths, widths=FULL,
-                            eos=eos)
+        engine = SpecEngine(target, TrieDrafter(inputs(trie, N, prior=prior)), trie, decode(K=K, N=N, gamma=2, depths=depths, widths=FULL, eos=eos))
         _, stats = engine.run(prompts)
         levels_table(stats, L, max(depths), eos)
         calls = stats.target_calls()
@@ -218,9 +214,9 @@ def test_prior_of_another_shape_is_refused():
     trie = build_trie(TOY, Vocab.for_index(TOY))
     S = trie.next_state.shape[0]
     with pytest.raises(ValueError, match=re.escape(f"({S + 1},)")):
-        TrieDrafter(trie, 4, torch.zeros(S + 1))
+        TrieDrafter(inputs(trie, 4, prior=torch.zeros(S + 1)))
     with pytest.raises(ValueError, match="draws"):
-        TrieDrafter(trie, 4, draws=-1)
+        TrieDrafter(inputs(trie, 4), draws=-1)
 
 
 # --- a cut level keeps the best children ------------------------------------------------------------------
@@ -264,8 +260,8 @@ def test_a_cut_level_keeps_the_best_children(widths, N):
     states = torch.tensor([[state_of(trie, vocab, p) for p, _ in user] for user in beams])
     scores = torch.tensor([[s for _, s in user] for user in beams], dtype=torch.float32)
     frontier = Frontier(None, None, torch.zeros(2, 2, 3, dtype=torch.long), scores, states, torch.ones(2, dtype=torch.long))
-    drafter = TrieDrafter(trie, N, prior)
-    tree = drafter.propose(frontier, len(widths), False, None, widths)
+    drafter = TrieDrafter(inputs(trie, N, prior=prior))
+    tree = drafter.propose(frontier, len(widths), widths)
     assert tree.tokens.shape == (2, len(widths), N)
     assert tree.fed == (widths if any(w < N for w in widths) else None)
     for b, user in enumerate(beams):
@@ -288,8 +284,8 @@ def test_a_sampled_level_carries_the_law_it_was_drawn_from(temperature):
     frontier = Frontier(None, None, torch.zeros(1, 2, 3, dtype=torch.long), torch.tensor([[s for _, s in beams]]),
                         torch.tensor([[state_of(trie, vocab, p) for p, _ in beams]]), torch.ones(1, dtype=torch.long))
     N, widths = 5, (3, 4)
-    tree = TrieDrafter(trie, N, prior, draws=None).propose(frontier, 2, True, torch.Generator().manual_seed(2),
-                                                           widths, temperature)
+    tree = TrieDrafter(inputs(trie, N, prior=prior), draws=None).propose(
+        frontier, 2, widths, Sampling(temperature, torch.Generator().manual_seed(2)))
     assert tree.logq.shape == (1, 2, N, trie.vocab_size) and tree.draws.shape == (1, 2, N)
     level = [(prefix, score) for prefix, score in beams]  # (prefix, node score) of the level's parents, by row
     for j, w in enumerate(widths):
@@ -311,10 +307,10 @@ def test_first_round_cut_keeps_the_most_popular_codes(beauty):
     """Beauty's root (91 codes) cut to 30, then 12: the kept nodes are the best by prior."""
     trie, N, widths = beauty.trie, 40, (30, 12, 40)
     prior = popularity_prior(trie, beauty.train)
-    drafter = TrieDrafter(trie, N, prior)
-    engine = SpecEngine(beauty.target, drafter, trie, K=10, N=N, gamma=3, widths=widths[:2])
-    engine._load(beauty.batched[0])
-    tree = drafter.propose(_frontier(engine.beams, engine.lay, False), 3, False, None, widths)
+    drafter = TrieDrafter(inputs(trie, N, prior=prior))
+    engine = SpecEngine(beauty.target, drafter, trie, decode(K=10, N=N, gamma=3, widths=widths[:2]))
+    engine.load(beauty.batched[0])
+    tree = drafter.propose(engine.frontier(first=True), 3, widths)
     assert tree.fed == widths
     B = tree.tokens.shape[0]
     offsets = torch.tensor(beauty.vocab.level_offsets())
@@ -375,9 +371,8 @@ def test_relaxed_follows_sampling_beam_search(toy_laws, N, widths, draws):
     w = [min(x, N) for x in widths] + [N] * (trie.num_levels - len(widths))
     # the first round's tree (from the root) holds every prefix of every level where each level fits
     whole = all(int((trie.depth == d).sum()) <= w[d - 1] for d in range(1, trie.num_levels + 1))
-    drafter = TrieDrafter(trie, N, popularity_prior(trie, [[0, 0, 1, 6], [3, 5]]), draws=draws)
-    engine = SpecEngine(toy_laws.target, drafter, trie, K=K, N=N, gamma=gamma, verify="relaxed",
-                        generator=torch.Generator().manual_seed(7), widths=widths)
+    drafter = TrieDrafter(inputs(trie, N, prior=popularity_prior(trie, [[0, 0, 1, 6], [3, 5]])), draws=draws)
+    engine = SpecEngine(toy_laws.target, drafter, trie, decode(K=K, N=N, gamma=gamma, verify="relaxed", widths=widths), generator=torch.Generator().manual_seed(7))
     spec, stats = engine.run(toy_laws.prompts)
     acc, _ = levels_table(stats, trie.num_levels, gamma)
     if whole:
@@ -401,11 +396,11 @@ def test_make_drafter_builds_by_name(make_decoder):
     vocab = Vocab.for_index(SHARED)  # HISTORIES name SHARED's 8 items
     trie = build_trie(SHARED, vocab)
     with pytest.raises(ValueError, match="nonsense"):
-        make_drafter("nonsense", trie, 4)
-    drafter = make_drafter("trie", trie, 4, prior=popularity_prior(trie, HISTORIES[:2]))
+        make_drafter("nonsense", trie, inputs(trie, 4).shape)
+    drafter = make_drafter("trie", trie, inputs(trie, 4).shape, prior=popularity_prior(trie, HISTORIES[:2]))
     assert isinstance(drafter, TrieDrafter) and drafter.N == 4
     assert torch.equal(drafter.prior, popularity_prior(trie, HISTORIES[:2]))
-    assert isinstance(make_drafter(make_decoder(vocab), trie, 4), DraftModelDrafter)
+    assert isinstance(make_drafter(make_decoder(vocab), trie, inputs(trie, 4).shape), DraftModelDrafter)
 
 
 def test_popularity_prior_refuses_unknown_items():
@@ -432,11 +427,11 @@ def test_a_tree_wider_than_the_children_feeds_only_vocabulary_tokens(make_decode
     assert int(trie.level_offset[1]) + trie.next_state.shape[1] > vocab.size  # such ids exist
     target, K, N = make_decoder(vocab, seed=3), 2, 16
     prompts = build_prompts(vocab, index, [[0, 1], [3], [2, 4, 5]])
-    drafter = TrieDrafter(trie, N)
+    drafter = TrieDrafter(inputs(trie, N))
     widths = (int((trie.depth == 1).sum()), N)
-    engine = SpecEngine(target, drafter, trie, K=K, N=N, gamma=2, widths=widths)
-    engine._load(prompts)
-    tree = drafter.propose(_frontier(engine.beams, engine.lay, False), 2, False, None, widths)
+    engine = SpecEngine(target, drafter, trie, decode(K=K, N=N, gamma=2, widths=widths))
+    engine.load(prompts)
+    tree = drafter.propose(engine.frontier(first=True), 2, widths)
     assert (~tree.valid).any() and ((tree.tokens >= 0) & (tree.tokens < vocab.size)).all()
     got, _ = engine.run(prompts)
     want = beam_search(target, trie, prompts, K)

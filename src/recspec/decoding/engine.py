@@ -1,73 +1,90 @@
-"""The decoding engine: static buffers around `spec_round`, run eagerly or as CUDA graphs.
+"""The decoding engine: static buffers around `round.spec_round`, run eagerly or as CUDA graphs.
 
 Every tensor the loop touches lives in a buffer allocated once for a (batch, prompt length) shape,
-so each round shape (first round or not, draft depth d) can be captured once as a CUDA graph and
-replayed. The only host synchronisation is one read of the users' levels per speculative round, which
-decides whether to stop and how deep the next tree is (marked below); AR needs none. gamma = 0 gives autoregressive
-beam search through the same code: L rounds (L + 1 with eos).
+so each round shape (first round or not, draft depth d, widths) can be captured once as a CUDA graph
+and replayed. The only host synchronisation is one read of the users' levels per speculative round,
+which decides whether to stop and how deep the next tree is (marked below); AR needs none. With no
+drafter the same loop is autoregressive beam search: L rounds (L + 1 with eos).
+
+`build_engine` is the one factory: the CLI, the Python API, benchmarks and scripts all build engines
+from a `DecodeConfig`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from recspec.config import DecodeConfig
+from recspec.data.datasets import HISTORY_LEN
 from recspec.data.exclusion import banned_states
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import PAD, Prompts
-from recspec.decoding.beam_search import BeamResult
-from recspec.decoding.drafters.base import Drafter
+from recspec.decoding.beam_search import BeamResult, check_width
+from recspec.decoding.drafters import Drafter, make_drafter
+from recspec.decoding.handoff import Frontier
 from recspec.decoding.prompt import prompt_key_mask
-from recspec.decoding.spec_beam import check_models, initial_beams, spec_round
-from recspec.decoding.stats import PhaseClock, SpecStats
+from recspec.decoding.round import RoundPlan, RoundState, frontier, initial_beams, spec_round
+from recspec.decoding.stats import SpecStats
 from recspec.decoding.tree import Layout, gather_rows
+from recspec.decoding.tree_shape import TreeShape, no_tree, tree_shape
+from recspec.decoding.verify import make_rule
 from recspec.models.decoder import Decoder
 
 
+def build_engine(target: Decoder, trie: SIDTrie, cfg: DecodeConfig, draft: Decoder | str | None = None,
+                 prior: torch.Tensor | None = None) -> "SpecEngine":
+    """The engine `cfg` describes, on the target's device. draft: a draft `Decoder`, a drafter's registry
+    name ("trie"), or None (autoregressive beam search). prior: (S,) the trie drafter's ranking of
+    children (`Catalog.popularity`). The tree is cfg.tree's (auto: from the trie, K and the device's
+    budget); relaxed sampling draws from a generator seeded with cfg.seed, or from torch's global RNG
+    under graphs / compile (seed it with torch.manual_seed)."""
+    device = next(target.parameters()).device
+    trie = trie.to(device)
+    shape = tree_shape(cfg, trie, device) if draft is not None else no_tree(cfg.K)
+    drafter = make_drafter(draft, trie, shape, prior) if draft is not None else None
+    static = cfg.engine.cuda_graphs or cfg.engine.compile  # captured or compiled rounds: the global RNG
+    gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
+    return SpecEngine(target, drafter, trie, cfg, shape, gen)
+
+
+def longest_prompt(L: int) -> int:
+    """Tokens of the longest prompt (`vocab.build_prompts`): <bos> and HISTORY_LEN items of L codes + <eos>."""
+    return 1 + HISTORY_LEN * (L + 1)
+
+
 class SpecEngine:
-    def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, K: int, N: int, gamma: int,
-                 verify: str = "strict", generator: torch.Generator | None = None, cuda_graphs: bool = False,
-                 prompt_width: int | None = None, depths: tuple[int, ...] = (), compile: bool = False,
-                 widths: tuple[int, ...] = (), fixed_shapes: bool = False, temperature: float = 1.0,
-                 eos: bool = False):
-        """prompt_width: left-pad every prompt to this many columns, so that batches of different
-        prompt lengths share one buffer shape (and one set of CUDA graphs).
-        depths: draft depth by the SID level a round starts from (depths[l] for rounds whose slowest
-        user has produced l levels; gamma past its end). Wide top levels, where a draft is seldom
-        right, can get a shallow tree and narrow deep levels, which a tree covers whole, a deep one.
-        widths: most drafted nodes per tree level by the SID level it drafts (widths[l - 1] for level
-        l; N past its end; each in 1..N, a wider one is refused). Level 1 has as many codes as the
-        trie's root has children, so a tree that holds them all is always accepted there; deep levels
-        branch little (`tree_shape.auto_shape` derives both from the trie). The target is fed only these
-        widths, also under graphs.
-        temperature (relaxed): sample from the target's cumulative log-probs / temperature, so that the
-        output follows the target's sampling beam search at that temperature (-> its top-K search as
-        temperature -> 0); the draft samples at the same temperature. Strict ignores it.
-        fixed_shapes: run rounds with the fixed shapes of graph replay (no trimming, no early exit)
-        without capturing anything, so that the CPU can test the math the graphs run.
-        compile: run each round through torch.compile (one graph per round shape, fullgraph): fewer,
-        fused kernels; with cuda_graphs the compiled round is what is captured. Rounds then keep fixed
-        shapes (no tree trimming or early exit), as under graphs.
-        eos: also score <eos> after the L codes, as transformers' generate does (AR: L + 1 calls, not L).
-        Trees never draft <eos>: a tree reaching level L leaves it to the target's bonus level."""
-        gamma = gamma if drafter is not None else 0
-        depths = tuple(depths) if drafter is not None else ()
-        check_models(target, trie, K, N, gamma, verify)
-        if compile and generator is not None:
+    def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, cfg: DecodeConfig,
+                 shape: TreeShape | None = None, generator: torch.Generator | None = None):
+        """cfg: K, verify, temperature, eos and the engine options (cfg.engine); batch_size and
+        exclude_history are the caller's (`run` takes the users and their exclusions).
+        shape: the draft tree (`tree_shape.tree_shape(cfg, ...)` where None; no tree without a drafter):
+        depths[l] is the depth of rounds whose slowest user has produced l levels (gamma past its end),
+        widths[l - 1] the most nodes drafted at SID level l (N past its end). The target is fed only
+        these widths, also under graphs.
+        generator: relaxed sampling's RNG (None: torch's global one; required under compile)."""
+        K, opts = cfg.K, cfg.engine
+        shape = (tree_shape(cfg, trie, next(target.parameters()).device) if shape is None else shape) \
+            if drafter is not None else no_tree(K)
+        check_width(trie, K)
+        if shape.N < K:
+            raise ValueError(f"need draft beams N >= K (got N={shape.N}, K={K})")
+        if target.cfg.vocab_size != trie.vocab_size:
+            raise ValueError(f"target vocabulary ({target.cfg.vocab_size}) differs from the SID trie's ({trie.vocab_size})")
+        if opts.compile and generator is not None:
             raise ValueError("compile=True samples from torch's global RNG (seed it with torch.manual_seed); pass generator=None")
-        if any(d < 0 for d in depths):
-            raise ValueError(f"draft depths must be >= 0, got {depths}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if any(w < 1 or w > N for w in widths):
-            raise ValueError(f"tree widths must be in 1..N = {N} (a tree level holds at most N nodes), got {tuple(widths)}")
-        self.depths, self.widths = depths, tuple(widths) if drafter is not None else ()
-        self.target, self.drafter, self.trie = target, drafter, trie
-        self.K, self.N, self.gamma, self.verify, self.gen = K, N, gamma, verify, generator
-        self.temperature, self.eos = float(temperature), eos
-        self.gamma_max = max((gamma, *depths))  # tree slots the layout reserves
-        self.graphs_on, self.prompt_width = cuda_graphs, prompt_width
-        self.static = cuda_graphs or compile or fixed_shapes  # fixed shapes per (first, d, widths): no host sync in a round
-        self._round_fn = _compiled_round() if compile else spec_round
+        if any(w < 1 or w > shape.N for w in shape.widths):
+            raise ValueError(f"tree widths must be in 1..N = {shape.N} (a tree level holds at most N nodes), got {shape.widths}")
+        if shape.gamma < 0 or any(d < 0 for d in shape.depths):
+            raise ValueError(f"draft depths must be >= 0, got gamma {shape.gamma}, depths {shape.depths}")
+        self.target, self.drafter, self.trie, self.cfg, self.shape = target, drafter, trie, cfg, shape
+        self.K, self.N, self.eos = K, shape.N, cfg.eos
+        self.rule = make_rule(cfg.verify, cfg.temperature, generator)
+        self.gamma_max = max((shape.gamma, *shape.depths))  # tree slots the layout reserves
+        self.graphs_on = opts.cuda_graphs
+        self.prompt_width = opts.prompt_width if opts.prompt_width is not None or not (opts.cuda_graphs or opts.compile) \
+            else longest_prompt(trie.num_levels)  # one buffer shape, one set of graphs
+        self.static = opts.static  # fixed shapes per round plan: no host sync in a round
+        self._round_fn = _compiled_round() if opts.compile else spec_round
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
 
@@ -84,7 +101,9 @@ class SpecEngine:
         self.banned: torch.Tensor | None = None  # (B, S) bool, allocated by the first run with exclusions
         self._shape, self._graphs = (B, T), {}
 
-    def _load(self, prompts: Prompts, exclude: torch.Tensor | None = None) -> None:
+    def load(self, prompts: Prompts, exclude: torch.Tensor | None = None) -> None:
+        """Copy a batch of prompts (and exclusions) into the static buffers, allocating them for a new
+        (batch, prompt width) shape. `run` starts with this; a profiler may call it, then `round`."""
         B, T = prompts.tokens.shape
         if self.prompt_width is not None and T < self.prompt_width:
             pad = prompts.tokens.new_full((B, self.prompt_width - T), PAD)
@@ -111,50 +130,68 @@ class SpecEngine:
             self.banned = torch.zeros_like(banned)
         self.banned.copy_(banned)
 
+    def state(self) -> RoundState:
+        """The round's inputs: models, rule, trie and the static buffers of the loaded batch."""
+        return RoundState(self.target, self.drafter, self.rule, self.trie, self.lay, self.cache, self.prompts,
+                          self.keys, self.banned if self.masked else None)
+
+    def frontier(self, first: bool = False) -> Frontier:
+        """The loaded batch's current beams as the next round's drafter sees them (first: before any round)."""
+        return frontier(self.beams, self.lay, not first, self.banned if self.masked else None)
+
     # --- one round ----------------------------------------------------------------------------
-    def _round(self, first: bool, d: int, clock: PhaseClock, widths: tuple[int, ...] | None = None) -> None:
-        if first:  # inside the round, so a graph of the first round captures the set-up too
+    def round(self, plan: RoundPlan) -> None:
+        """Run one round on the loaded batch, eagerly (or with fixed shapes), and update the beams in place."""
+        if plan.first:  # inside the round, so a graph of the first round captures the set-up too
             B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
             self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
             self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, dev))
         active = self.beams.level < self.lay.end
-        beams, verdict = self._round_fn(self.target, self.drafter, self.trie, self.lay, self.cache, self.prompts,
-                                        self.keys, self.beams, first, d, self.verify, self.gen, clock,
-                                        eager=not self.static, widths=widths, temperature=self.temperature,
-                                        banned=self.banned if self.masked else None)
+        beams, verdict = self._round_fn(self.state(), self.beams, plan, not self.static)
         self.beams.copy_(beams)
         self.accepted.copy_(torch.where(active, verdict.accepted, torch.full_like(verdict.accepted, -1)))
 
-    def _replay(self, first: bool, d: int, widths: tuple[int, ...] | None) -> None:
-        key = (first, d, widths, self.masked)
+    def graph(self, plan: RoundPlan) -> torch.cuda.CUDAGraph:
+        """The round captured as a CUDA graph (captured on first use, once per plan and exclusion mode)."""
+        key = (plan, self.masked)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(first, d, widths)
-        self._graphs[key].replay()
+            self._graphs[key] = self._capture(plan)
+        return self._graphs[key]
 
-    def _capture(self, first: bool, d: int, widths: tuple[int, ...] | None) -> torch.cuda.CUDAGraph:
+    def _capture(self, plan: RoundPlan) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream (cuBLAS workspaces etc.), then capture the round."""
-        saved = _snapshot(self)
+        saved = self._snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._round(first, d, PhaseClock(), widths)
+            self.round(plan)
         torch.cuda.current_stream().wait_stream(side)
-        _restore(self, saved)
+        self._restore(saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=getattr(self, "_pool", None)):
-            self._round(first, d, PhaseClock(), widths)
+            self.round(plan)
         self._pool = graph.pool()
-        _restore(self, saved)  # capture does not run the kernels, but keep state explicit
+        self._restore(saved)  # capture does not run the kernels, but keep state explicit
         return graph
+
+    def _live(self) -> tuple[torch.Tensor, ...]:
+        """Tensors a round mutates."""
+        return self.beams.tensors() + (self.cache.k, self.cache.v) + (self.drafter.state_tensors() if self.drafter else ())
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [t.clone() for t in self._live()]
+
+    def _restore(self, saved: list[torch.Tensor]) -> None:
+        for dst, src in zip(self._live(), saved):
+            dst.copy_(src)
 
     # --- the loop -----------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, prompts: Prompts, clock: PhaseClock | None = None,
-            exclude: torch.Tensor | None = None) -> tuple[BeamResult, SpecStats]:
+    def run(self, prompts: Prompts, exclude: torch.Tensor | None = None) -> tuple[BeamResult, SpecStats]:
         """prompts (B users) -> top-K items per user and statistics. exclude (B, U) bool: SID rows user b
         must not get (`exclusion.history_rows`); each user's search runs on her trie of allowed items."""
-        clock, stats = clock or PhaseClock(), SpecStats()
-        self._load(prompts, exclude)
+        stats = SpecStats()
+        self.load(prompts, exclude)
         end, first, rounds = self.lay.end, True, 0
         while True:
             if self.drafter is None or first:  # first round: level 0; AR: one level per round, `end` rounds
@@ -163,30 +200,34 @@ class SpecEngine:
                 lo = int(self.beams.level.min())  # host sync: one per round, decides stop and tree depth
             if lo >= end:
                 break
-            d = min(self.depth_from(lo), max(end - 1 - lo, 0)) if self.drafter is not None else 0
-            widths = self.widths_from(lo, d)
+            plan = self.plan(lo, first)
             if self.graphs_on:
-                self._replay(first, d, widths)
+                self.graph(plan).replay()
             else:
-                self._round(first, d, clock, widths)
-            stats.accepted.append(self.accepted.clone())
+                self.round(plan)
+            stats.record_round(self.accepted)
             first, rounds = False, rounds + 1
-        clock.phase(None)
-        stats.times = dict(clock.totals)
-        return self._result(), stats
+        return self.result(), stats
 
-    def depth_from(self, level: int) -> int:
-        """Tree depth of a round that starts after `level` SID levels."""
-        return self.depths[level] if level < len(self.depths) else self.gamma
+    def plan(self, level: int, first: bool) -> RoundPlan:
+        """The round that starts after `level` SID levels: its tree depth (never past the last level the
+        target must produce itself) and widths (None: N each)."""
+        if self.drafter is None:
+            return RoundPlan(first, 0, None)
+        depths, gamma = self.shape.depths, self.shape.gamma
+        d = min(depths[level] if level < len(depths) else gamma, max(self.lay.end - 1 - level, 0))
+        return RoundPlan(first, d, self.widths_from(level, d))
 
     def widths_from(self, level: int, d: int) -> tuple[int, ...] | None:
         """Most nodes per tree level of a round that starts after `level` SID levels (None: N each)."""
-        if not self.widths:
+        widths = self.shape.widths
+        if not widths:
             return None
-        w = tuple(self.widths[level + j] if level + j < len(self.widths) else self.N for j in range(d))
+        w = tuple(widths[level + j] if level + j < len(widths) else self.N for j in range(d))
         return w if any(x < self.N for x in w) else None
 
-    def _result(self) -> BeamResult:
+    def result(self) -> BeamResult:
+        """The loaded batch's K beams, best first (sids -1 where a beam is dead)."""
         b = self.beams
         sids = self.trie.leaf_sid[self.trie.walk(b.codes)]
         order = b.scores.argsort(dim=1, descending=True, stable=True)
@@ -195,7 +236,7 @@ class SpecEngine:
 
 
 def _compiled_round():
-    """spec_round under torch.compile, with room for one graph per (batch, K, N, first, d) a run meets."""
+    """spec_round under torch.compile, with room for one graph per (batch, K, N, plan) a run meets."""
     import torch._dynamo as dynamo
 
     for name in ("recompile_limit", "cache_size_limit"):
@@ -204,13 +245,10 @@ def _compiled_round():
     return torch.compile(spec_round, dynamic=False, fullgraph=True)
 
 
-def _snapshot(e: SpecEngine) -> list[torch.Tensor]:
-    return [t.clone() for t in (e.beams.scores, e.beams.states, e.beams.codes, e.beams.path, e.beams.level,
-                                e.cache.k, e.cache.v) + tuple(getattr(e.drafter, "state_tensors", lambda: ())())]
-
-
-def _restore(e: SpecEngine, saved: list[torch.Tensor]) -> None:
-    live = (e.beams.scores, e.beams.states, e.beams.codes, e.beams.path, e.beams.level, e.cache.k, e.cache.v) + \
-        tuple(getattr(e.drafter, "state_tensors", lambda: ())())
-    for dst, src in zip(live, saved):
-        dst.copy_(src)
+@torch.no_grad()
+def spec_beam_search(target: Decoder, drafter: Drafter | None, trie: SIDTrie, prompts: Prompts, cfg: DecodeConfig,
+                     shape: TreeShape | None = None, generator: torch.Generator | None = None,
+                     exclude: torch.Tensor | None = None) -> tuple[BeamResult, SpecStats]:
+    """prompts (B users) -> top-K items per user and acceptance statistics (eager, any device): one
+    engine for one call. No drafter: plain autoregressive beam search through the same loop."""
+    return SpecEngine(target, drafter, trie, cfg, shape, generator).run(prompts, exclude=exclude)

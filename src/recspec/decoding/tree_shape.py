@@ -27,13 +27,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET
+from recspec.config import CPU_TREE_BUDGET, GPU_TREE_BUDGET, DecodeConfig
 from recspec.data.trie import SIDTrie
 
 
 @dataclass(frozen=True)
 class TreeShape:
-    """The draft tree of every round (SpecEngine's N, gamma, depths, widths; the draft model's expand)."""
+    """The draft tree of every round, resolved from `config.TreeConfig` (auto or given) for one K."""
 
     N: int  # tree width: most nodes per tree level (>= K); the layout reserves gamma_max * N slots
     gamma: int  # draft depth of rounds that start past the end of `depths`
@@ -205,7 +205,7 @@ def check_shape(shape: TreeShape, K: int) -> None:
     """Refuse an explicit shape the engine cannot honour, naming the flag and its value (ValueError)."""
     joined = lambda xs: ",".join(map(str, xs))  # noqa: E731
     if shape.N < K:
-        raise ValueError(f"--draft-beams {shape.N} is below --K {K}: a tree level must hold the target's K beams")
+        raise ValueError(f"--draft-beams {shape.N} is below --K {K}: a tree level must hold the target's K beams (N >= K)")
     if shape.gamma < 0:
         raise ValueError(f"--gamma {shape.gamma} is below 0")
     if shape.expand < 0:
@@ -233,18 +233,17 @@ def default_tree_budget(device) -> int:
     return CPU_TREE_BUDGET if torch.device(device).type == "cpu" else GPU_TREE_BUDGET
 
 
-def shape_for(cfg, trie: SIDTrie, K: int, device="cpu") -> TreeShape:
-    """The tree of a run configured by `cfg` (a DecodeConfig or BenchConfig: draft_beams, gamma, depths,
-    widths, draft_expand, tree_budget, eos) with the target on `device`: auto where it sets no shape field
-    (budget: tree_budget, else the device's default; levels: L, or L + 1 where cfg.eos scores <eos>),
-    else the given shape, checked."""
-    eos = cfg.eos
-    shape = given_shape(cfg.draft_beams, cfg.gamma, cfg.depths, cfg.widths, cfg.draft_expand)
-    check_budget(cfg.tree_budget, shape is not None)
+def tree_shape(cfg: DecodeConfig, trie: SIDTrie, device="cpu") -> TreeShape:
+    """The tree of a run configured by `cfg` (its tree, K and eos) with the target on `device`: auto where
+    cfg.tree sets no shape field (budget: cfg.tree.budget, else the device's default; levels: L, or L + 1
+    where cfg.eos scores <eos>), else the given shape, checked."""
+    t = cfg.tree
+    shape = given_shape(t.draft_beams, t.gamma, t.depths, t.widths, t.expand)
+    check_budget(t.budget, shape is not None)
     if shape is None:
-        budget = default_tree_budget(device) if cfg.tree_budget is None else cfg.tree_budget
-        return _cached_auto_shape(trie, K, budget, eos)
-    check_shape(shape, K)
+        budget = default_tree_budget(device) if t.budget is None else t.budget
+        return _cached_auto_shape(trie, cfg.K, budget, cfg.eos)
+    check_shape(shape, cfg.K)
     return shape
 
 

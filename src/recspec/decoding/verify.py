@@ -10,9 +10,13 @@ the produced step (strict) or are completed by residual sampling (relaxed), and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 
-from recspec.decoding.tree import gather_rows
+from recspec.decoding.handoff import Sampling
+from recspec.decoding.tree import DraftTree, gather_rows
 
 NEG_INF = float("-inf")
 
@@ -141,5 +145,128 @@ def gather_scores(cand: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     return cand.reshape(cand.shape[0], -1).gather(1, flat)
 
 
+# --- rules: how one level's K new beams are chosen, and whether the tree holds them -------------------
+@dataclass(frozen=True)
+class Choice:
+    """One level's verdict: the target's K new beams and whether the drafted level held them all."""
+
+    parent: torch.Tensor  # (B, K) index of each new beam's parent among the current beams
+    token: torch.Tensor  # (B, K) its token id
+    node: torch.Tensor  # (B, K) its node in the tree level (-1: not drafted, or no tree level)
+    ok: torch.Tensor  # (B,) bool: every new beam is a drafted node (the level is accepted)
+
+
+class VerifyRule(Protocol):
+    """Chosen once per engine (`make_rule`); the round calls `choose` level by level and never asks which
+    rule it holds."""
+
+    sampling: Sampling | None  # how drafters draft for this rule: None top-N, else N draws from q
+
+    def choose(self, cand: torch.Tensor, K: int, tree: DraftTree | None, j: int, beam_node: torch.Tensor,
+               in_tree: torch.Tensor) -> Choice:
+        """cand (B, M, V) cumulative log-probs of the one-token extensions (-inf: invalid); tree level j
+        (None, or j past its depth: the target's own bonus level); beam_node (B, M) the tree node (level
+        j - 1) each current beam is, or -1; in_tree (B,) users whose tree reaches level j."""
+
+
+def _target_only(parent: torch.Tensor, token: torch.Tensor) -> Choice:
+    """A level with no tree: the target's own choice, no node, not accepted."""
+    return Choice(parent, token, torch.full_like(parent, -1),
+                  torch.zeros(parent.shape[0], dtype=torch.bool, device=parent.device))
+
+
+def _level_table(tree: DraftTree | None, j: int, M: int, V: int) -> torch.Tensor | None:
+    """Tree level j as a node_lookup table (B, P * V), or None where the tree has no level j."""
+    if tree is None or j >= tree.depth:
+        return None
+    return node_lookup(tree.parents[:, j], tree.tokens[:, j], tree.valid[:, j], max(M, tree.tokens.shape[2]), V)
+
+
+@dataclass(frozen=True)
+class StrictTopK:
+    """The target's K best extensions (its beam search step); the level is accepted when the tree holds
+    them all. Output: exactly the target's beam search."""
+
+    sampling: Sampling | None = None
+
+    def choose(self, cand, K, tree, j, beam_node, in_tree) -> Choice:
+        B, M, V = cand.shape
+        table = _level_table(tree, j, M, V)
+        parent, token, _ = topk_candidates(cand, K)
+        if table is None:
+            return _target_only(parent, token)
+        ok, node = verify_strict(parent, token, beam_node, table, V)
+        return Choice(parent, token, node, ok)
+
+
+@dataclass(frozen=True, eq=False)
+class RelaxedSampling:
+    """K draws without replacement from the target's cumulative log-probs / temperature (its sampling beam
+    search step), filled from the draft's draws by recursive rejection sampling (`verify_relaxed`).
+    Output: the target's sampling beam search, in distribution."""
+
+    temperature: float = 1.0  # target and draft sample from their cumulative log-probs / temperature
+    generator: torch.Generator | None = None  # None: torch's global RNG (compiled and captured rounds)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.generator)
+
+    def choose(self, cand, K, tree, j, beam_node, in_tree) -> Choice:
+        B, M, V = cand.shape
+        table = _level_table(tree, j, M, V)
+        logp = cand.reshape(B, M * V) / self.temperature
+        logp = logp - logp.logsumexp(dim=1, keepdim=True)
+        flat = gumbel_topk(logp, K, self.generator)  # the target's own sampling step (no tree, or bonus level)
+        if table is not None:
+            q_on_p, draws, draw_logq = relaxed_inputs(tree, j, beam_node, M, V)
+            chosen, _ = verify_relaxed(logp, q_on_p, draws, draw_logq, K, self.generator)
+            flat = torch.where(in_tree[:, None], chosen, flat)
+        parent, token = beams_from_flat(flat, V)
+        if table is None:
+            return _target_only(parent, token)
+        # accepted when every new beam is a drafted node, drawn or not: the K beams follow the target's law
+        # whichever way they were filled, and the tree holds their children's scores either way
+        node = node_of(table, beam_node, parent, token, V)
+        return Choice(parent, token, node, (node >= 0).all(dim=1))
+
+
+RULES = {"strict": StrictTopK, "relaxed": RelaxedSampling}  # config.VERIFY_RULES
+
+
+def make_rule(name: str, temperature: float = 1.0, generator: torch.Generator | None = None) -> VerifyRule:
+    """DecodeConfig.verify -> its rule object."""
+    if name not in RULES:
+        raise ValueError(f"unknown verification rule {name!r}; choose from {', '.join(RULES)}")
+    return StrictTopK() if name == "strict" else RelaxedSampling(float(temperature), generator)
+
+
+def relaxed_inputs(tree: DraftTree, j: int, beam_node: torch.Tensor, M: int, V: int):
+    """The draft's level-j distribution and draws on the target's p-space (B, M * V): q_on_p (B, M * V),
+    draws (B, n) p-space indices (-1: outside), draw_logq (B, n) (-inf: no draw)."""
+    B, P = beam_node.shape[0], tree.logq.shape[2]
+    logq = tree.logq[:, j]  # (B, P, V) over extensions of the draft's parents at this level
+    known = beam_node >= 0
+    q_on_p = torch.where(known[..., None], gather_rows(logq, beam_node.clamp(min=0)), float("-inf")).reshape(B, M * V)
+    beam_of = torch.full((B, P + 1), -1, dtype=torch.long, device=beam_node.device)
+    beam_of.scatter_(1, torch.where(known, beam_node, P), torch.arange(M, device=beam_node.device).expand(B, M).clone())
+    node = tree.draws[:, j].clamp(min=0)  # (B, n) node index of each draw (-1: no draw)
+    par, tok = tree.parents[:, j].gather(1, node), tree.tokens[:, j].gather(1, node)
+    k = beam_of.gather(1, par)
+    draws = torch.where(k >= 0, k * V + tok, -1)
+    draw_logq = logq.reshape(B, P * V).gather(1, par * V + tok)
+    real = tree.valid[:, j].gather(1, node) & (tree.draws[:, j] >= 0)
+    draw_logq = torch.where(real, draw_logq, float("-inf"))  # on an invalid node, or none: no draw
+    return q_on_p, draws, draw_logq
+
+
+def node_of(table: torch.Tensor, beam_node: torch.Tensor, parent: torch.Tensor, token: torch.Tensor, V: int):
+    """The tree node (B, K) of each chosen extension (parent, token), or -1 (`node_lookup` table)."""
+    pnode = beam_node.gather(1, parent)
+    node = table.gather(1, (pnode * V + token).clamp(min=0))
+    return torch.where(pnode >= 0, node, -1)
+
+
 __all__ = ["candidate_scores", "topk_candidates", "node_lookup", "verify_strict", "gumbel_topk",
-           "verify_relaxed", "beams_from_flat", "gather_scores", "gather_rows"]
+           "verify_relaxed", "beams_from_flat", "gather_scores", "gather_rows", "Choice", "VerifyRule", "StrictTopK",
+           "RelaxedSampling", "RULES", "make_rule"]

@@ -11,50 +11,48 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
+from recspec.config import DecodeConfig
 from recspec.data.catalog import Catalog
-from recspec.data.datasets import HISTORY_LEN, Example
+from recspec.data.datasets import Example
 from recspec.data.exclusion import history_rows
 from recspec.data.vocab import build_prompts
-from recspec.decoding.drafters import make_drafter
-from recspec.decoding.engine import SpecEngine
+from recspec.decoding.engine import SpecEngine, build_engine
 from recspec.decoding.stats import SpecStats
-from recspec.decoding.tree_shape import TreeShape, no_tree, shape_for
+from recspec.decoding.tree_shape import TreeShape
 from recspec.evaluation.evaluate import target_sids
 from recspec.evaluation.metrics import ranking_metrics
 from recspec.models.decoder import Decoder
 
 
+MODES = ("ar", "spec-strict", "spec-relaxed", "hf")  # BenchConfig.modes
+
+
 @dataclass(frozen=True)
 class BenchConfig:
+    """A speed comparison: which (K, batch, mode) cells are timed, on how many users. How each engine decodes
+    is `decode` (its K, batch_size and verify are set per cell)."""
+
     Ks: tuple[int, ...] = (1, 5, 10, 20)  # beams
     batches: tuple[int, ...] = (1, 32)  # users per call
     users: int = 200  # users timed per (mode, K, batch)
     warmup: int = 3  # calls before timing starts
-    # the draft tree, as in DecodeConfig: all five None = auto (from the trie, K and tree_budget), else explicit
-    draft_beams: int | None = None  # N >= K nodes per tree level
-    gamma: int | None = None  # draft depth
-    draft_expand: float | None = None  # deeper tree levels extend the draft's best expand*K nodes (0: all N)
-    depths: tuple[int, ...] | None = None  # draft depth by the SID level a round starts from (gamma past the end)
-    widths: tuple[int, ...] | None = None  # most drafted nodes per tree level, by SID level, each <= N (N past the end)
-    tree_budget: int | None = None  # auto: most tree nodes per target call (None: the device's, config.GPU_ / CPU_TREE_BUDGET)
-    temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature
-    modes: tuple[str, ...] = ("ar", "spec-strict", "spec-relaxed", "hf")
-    cuda_graphs: bool = False  # replay captured rounds (CUDA only)
-    compile: bool = False  # rounds through torch.compile (fused kernels; captured as graphs with cuda_graphs)
-    seed: int = 0
+    modes: tuple[str, ...] = MODES  # "ar": no drafter; "spec-strict" / "spec-relaxed": the verify rule; "hf"
     hf_users: int = 0  # users for "hf" (0: same as users); HF is slow
     hf_max_batch: int = 0  # largest batch HF is timed at (0: all)
     tie_tol: float = 1e-4  # a list differing from AR's where the two scores at the first differing rank
     #                        are this close is counted as a tie (floating-point noise), not an error
     relaxed_beams: int = 0  # N for "spec-relaxed" (0: the tree's); its verification loops over the N draws
-    eos: bool = False  # every mode scores <eos> after the L codes, an (L+1)-th target call (transformers' generate);
-    #                    off: L calls (AtSpeed's AR), an item's score is the sum of its code log-probs
-    exclude_history: bool = False  # no mode recommends an item of the user's history (hf included)
+    decode: DecodeConfig = DecodeConfig()  # the tree, engine options, temperature, seed, eos, exclude_history
+
+    def cell(self, mode: str, K: int, batch: int) -> DecodeConfig:
+        """The decoding config of one timed cell."""
+        cfg = self.decode.replace(K=K, batch_size=batch, verify="relaxed" if mode == "spec-relaxed" else "strict")
+        return cfg.replace(draft_beams=self.relaxed_beams) if mode == "spec-relaxed" and self.relaxed_beams else cfg
 
 
 @dataclass
@@ -101,32 +99,20 @@ def engine_call(engine: SpecEngine, catalog: Catalog, examples: Sequence[Example
     return call
 
 
-def tree_shape(mode: str, K: int, cfg: BenchConfig, catalog: Catalog, device) -> TreeShape:
-    """A speculative mode's tree: cfg's (auto for the device where it sets none); relaxed_beams sets N for
-    relaxed where given."""
-    if mode == "spec-relaxed" and cfg.relaxed_beams:
-        cfg = replace(cfg, draft_beams=cfg.relaxed_beams)
-    return shape_for(cfg, catalog.trie, K, device)
+def make_engine(mode: str, target: Decoder, draft: Decoder | str | None, catalog: Catalog, K: int, cfg: BenchConfig,
+                batch: int = 1) -> SpecEngine:
+    """The engine of one (mode, K, batch) cell: `build_engine` on cfg.cell's config; "ar" has no drafter."""
+    return build_engine(target, catalog.trie, cfg.cell(mode, K, batch), draft if mode != "ar" else None,
+                        catalog.popularity)
 
 
-def shape_columns(shape: TreeShape) -> dict:
-    """A tree shape as row fields."""
-    return {"draft_beams": shape.N, "gamma": shape.gamma, "depths": "/".join(map(str, shape.depths)),
-            "widths": "/".join(map(str, shape.widths)), "expand": shape.expand}
-
-
-def make_engine(mode: str, target: Decoder, draft: Decoder | str | None, catalog: Catalog, K: int, cfg: BenchConfig, device):
-    trie = catalog.trie.to(device)
-    shape = tree_shape(mode, K, cfg, catalog, device) if mode != "ar" else no_tree(K)
-    static = cfg.cuda_graphs or cfg.compile  # captured or compiled rounds sample from the global RNG
-    gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
-    drafter = make_drafter(draft, trie, shape.N, shape.expand, catalog.popularity) if mode != "ar" else None
-    verify = "relaxed" if mode == "spec-relaxed" else "strict"
-    width = 1 + HISTORY_LEN * (catalog.trie.num_levels + 1) if static else None  # one round shape
-    return SpecEngine(target, drafter, trie, K=K, N=shape.N, gamma=shape.gamma, verify=verify,
-                      generator=gen, cuda_graphs=cfg.cuda_graphs, prompt_width=width, depths=shape.depths,
-                      widths=shape.widths, temperature=cfg.temperature,
-                      compile=cfg.compile, eos=cfg.eos)
+def decode_columns(cfg: DecodeConfig, shape: TreeShape | None = None) -> dict:
+    """A decoding config (and the tree it resolved to, speculative modes) as results-row fields."""
+    row = {"K": cfg.K, "batch": cfg.batch_size, "eos": cfg.eos, "exclude_history": cfg.exclude_history}
+    if shape is not None:
+        row.update(draft_beams=shape.N, gamma=shape.gamma, depths="/".join(map(str, shape.depths)),
+                   widths="/".join(map(str, shape.widths)), expand=shape.expand)
+    return row
 
 
 def count_mismatches(ar: ModeRun, run: ModeRun, tol: float) -> tuple[int, int]:
@@ -173,13 +159,16 @@ def audit_ties(reference: Decoder, catalog: Catalog, examples: Sequence[Example]
     return ties, max_gap, max_noise
 
 
-def row_for(mode: str, K: int, batch: int, run: ModeRun, gt: list[set[int]], ar: ModeRun | None,
-            tie_tol: float = 1e-4, drafter: str | None = None, eos: bool = False, exclude_history: bool = False) -> dict:
+def row_for(mode: str, cfg: DecodeConfig, run: ModeRun, gt: list[set[int]], ar: ModeRun | None,
+            tie_tol: float = 1e-4, drafter: str | None = None, shape: TreeShape | None = None) -> dict:
+    """One results row: the cell's config (`decode_columns`), its timing, quality and acceptance, and its
+    mismatches against AR's lists."""
     med = statistics.median(run.times_s)
-    row = {"task": "topk", **({"drafter": drafter} if drafter is not None else {}), "mode": mode, "K": K,
-           "batch": batch, "eos": eos, "exclude_history": exclude_history, "median_ms": round(med * 1e3, 3),
-           "users_per_s": round(batch / med, 2), "users": len(run.sids)}
-    row.update({k: round(v, 5) for k, v in ranking_metrics(run.sids, gt[: len(run.sids)], [K]).items()})
+    cols = decode_columns(cfg, shape)
+    row = {"task": "topk", **({"drafter": drafter} if drafter is not None else {}), "mode": mode,
+           "K": cols.pop("K"), "batch": cols.pop("batch"), **cols, "median_ms": round(med * 1e3, 3),
+           "users_per_s": round(cfg.batch_size / med, 2), "users": len(run.sids)}
+    row.update({k: round(v, 5) for k, v in ranking_metrics(run.sids, gt[: len(run.sids)], [cfg.K]).items()})
     if run.stats.accepted:
         s = run.stats.summary()
         row.update(accepted_levels=round(s["accepted_levels"], 4), target_calls=round(s["target_calls"], 4))
@@ -210,6 +199,7 @@ def run_bench(target: Decoder, draft: Decoder | str | dict[str, Decoder | str] |
             n = cfg.users - cfg.users % batch or batch
             batches = [list(range(s, s + batch)) for s in range(0, min(n, len(examples)), batch)]
             runs: dict[tuple[str, str | None], ModeRun] = {}  # (mode, drafter name) -> run
+            shapes: dict[tuple[str, str | None], TreeShape] = {}  # the tree each speculative run had
             for mode in cfg.modes:
                 if mode == "hf":
                     if hf_model is None or (cfg.hf_max_batch and batch > cfg.hf_max_batch):
@@ -217,24 +207,22 @@ def run_bench(target: Decoder, draft: Decoder | str | dict[str, Decoder | str] |
                     from recspec.evaluation.hf_baseline import hf_call
 
                     hb = batches[: max(1, (cfg.hf_users or n) // batch)]
-                    call = hf_call(hf_model, catalog, examples, K, device, cfg.eos, cfg.exclude_history)
+                    call = hf_call(hf_model, catalog, examples, K, device, cfg.decode.eos, cfg.decode.exclude_history)
                     runs[mode, None] = time_calls(call, hb, min(cfg.warmup, 1), device)
                     continue
                 for name, d in (drafts.items() if mode != "ar" else [(None, None)]):
-                    engine = make_engine(mode, target, d, catalog, K, cfg, device)
-                    call = engine_call(engine, catalog, examples, device, cfg.exclude_history)
+                    engine = make_engine(mode, target, d, catalog, K, cfg, batch)
+                    call = engine_call(engine, catalog, examples, device, cfg.decode.exclude_history)
                     runs[mode, name] = time_calls(call, batches, cfg.warmup, device)
+                    shapes[mode, name] = engine.shape if mode != "ar" else None
             ar = runs.get(("ar", None))
-            new = [row_for(m, K, batch, r, gt, ar if m != "ar" else None, cfg.tie_tol, name, cfg.eos, cfg.exclude_history)
-                   for (m, name), r in runs.items()]
-            for r in new:  # the tree each speculative row ran with
-                if r["mode"].startswith("spec"):
-                    r.update(shape_columns(tree_shape(r["mode"], K, cfg, catalog, device)))
+            new = [row_for(m, cfg.cell(m, K, batch), r, gt, ar if m != "ar" else None, cfg.tie_tol, name,
+                           shapes.get((m, name))) for (m, name), r in runs.items()]
             _speedups(new)
             if reference is not None and ar is not None:
                 for r, run in zip(new, runs.values()):
                     if r.get("mismatches") and run.scores:  # (hf runs keep no scores)
-                        ties, gap, noise = audit_ties(reference, catalog, examples, ar, run, device, cfg.eos)
+                        ties, gap, noise = audit_ties(reference, catalog, examples, ar, run, device, cfg.decode.eos)
                         r.update(mismatches_ties_fp32=ties, fp32_gap_max=round(gap, 5), score_noise_max=round(noise, 5))
             for r in new:
                 rows.append(r)

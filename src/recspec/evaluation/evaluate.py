@@ -14,12 +14,15 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from recspec.data.catalog import Catalog
 from recspec.data.datasets import HISTORY_LEN, Example, SplitData
 from recspec.data.exclusion import history_rows
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Vocab, build_prompts
 from recspec.decoding.beam_search import BeamResult, beam_search
+from recspec.decoding.engine import SpecEngine
+from recspec.decoding.stats import SpecStats
 from recspec.evaluation.metrics import DEFAULT_KS, dedup, popularity_ranking, ranking_metrics
 from recspec.models.decoder import Decoder
 
@@ -73,6 +76,25 @@ def recommend(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex, hist
         scores[batch.users] = batch.result.scores
         codes[batch.users] = batch.result.codes
     return BeamResult(sids=sids, scores=scores, codes=codes)
+
+
+def decode_users(engine: SpecEngine, catalog: Catalog, histories: Sequence[Sequence[int]], batch_size: int,
+                 exclude_history: bool = False) -> tuple[BeamResult, SpecStats]:
+    """Every history (internal item ids) through `engine`, in batches of similar prompt lengths -> top-K SID
+    rows per history (U, K) on the CPU, rows in input order, and the run's statistics. exclude_history:
+    no list holds an item of its (whole) history."""
+    K, L = engine.K, catalog.trie.num_levels
+    U, device = len(histories), engine.trie.next_state.device
+    out = BeamResult(torch.full((U, K), -1), torch.full((U, K), float("-inf")), torch.zeros(U, K, L, dtype=torch.long))
+    stats = SpecStats()
+    for users in length_batches(histories, batch_size):
+        batch = [histories[i] for i in users]
+        prompts = build_prompts(catalog.vocab, catalog.index, batch, where="history").to(device)
+        res, st = engine.run(prompts, exclude=history_rows(engine.trie, batch) if exclude_history else None)
+        rows = torch.tensor(users)
+        out.sids[rows], out.scores[rows], out.codes[rows] = res.sids.cpu(), res.scores.cpu(), res.codes.cpu()
+        stats = stats.merge(st)
+    return out, stats
 
 
 def target_sids(trie: SIDTrie, examples: Sequence[Example]) -> list[set[int]]:

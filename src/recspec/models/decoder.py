@@ -156,12 +156,18 @@ class Decoder(nn.Module):
         return self.model.norm(x)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache,
-                slots: torch.Tensor) -> torch.Tensor:
-        """tokens, positions, slots (B, Q); mask (B, Q, S) bool over cache slots -> logits (B, Q, V).
+                slots: torch.Tensor, with_hidden: bool = False):
+        """tokens, positions, slots (B, Q); mask (B, Q, S) bool over cache slots -> logits (B, Q, V), and
+        with_hidden also the final hidden states (B, Q, C): (logits, hidden).
 
         Keys/values of the Q tokens are written to `slots` before attention, so a query may attend
         to itself and to tokens of the same call (tree attention)."""
-        return self.lm_head(self.hidden(tokens, positions, mask, cache, slots).to(self.lm_head.weight.dtype))
+        hidden = self.hidden(tokens, positions, mask, cache, slots)
+        return (self.head(hidden), hidden) if with_hidden else self.head(hidden)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., C) -> logits (..., V), in the LM head's dtype."""
+        return self.lm_head(hidden.to(self.lm_head.weight.dtype))
 
     def forward_train(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), right-padded -> logits (B, T, V) under causal attention, positions 0..T-1."""

@@ -39,12 +39,14 @@ from typing import Sequence
 
 import torch
 
-from recspec.config import OBJECTIVE_NAMES, DecodeConfig, DistillConfig
+from recspec.config import OBJECTIVE_NAMES, DistillConfig
 from recspec.data.catalog import Catalog
 from recspec.data.datasets import Example
+from recspec.decoding.engine import build_engine
 from recspec.errors import DataError
+from recspec.evaluation.evaluate import decode_users, target_sids
+from recspec.evaluation.metrics import ranking_metrics
 from recspec.models.decoder import Decoder
-from recspec.recommender import Recommender
 from recspec.training import losses
 from recspec.training.loop import RunInfo, TrainLoop, run_resumable
 from recspec.training.teacher import TeacherBatch, TeacherData, fingerprint, path_logits
@@ -119,15 +121,19 @@ def acceptance(target: Decoder, draft: Decoder, catalog: Catalog, examples: Sequ
     {"<mode>_accepted_levels": levels accepted per round (mean over users' rounds),
      "<mode>_target_calls": target forward passes per user, "<mode>_recall@K"} for mode strict /
     relaxed, and "users". The draft is put in eval mode for the run and back after."""
-    was_training, K = draft.training, cfg.eval_K
-    device = str(next(target.parameters()).device)
+    dc = cfg.eval_decode.replace(batch_size=cfg.batch_size, seed=cfg.seed)
+    K, t = dc.K, dc.tree
+    if t.draft_beams is not None and t.draft_beams < K:
+        dc = dc.replace(draft_beams=K)  # a tree level holds the K beams
+    was_training = draft.training
     out: dict[str, float | int] = {"users": len(examples)}
+    histories, truth = [e.history for e in examples], target_sids(catalog.trie, examples)
     draft.eval()
     try:
         for verify in ("strict", "relaxed"):
-            dc = DecodeConfig(K=K, batch_size=cfg.batch_size, draft_beams=max(cfg.draft_beams, K), gamma=cfg.gamma,
-                              verify=verify, seed=cfg.seed)
-            m = Recommender(catalog, target, draft, dc, device).evaluate(examples, K=K, ks=(K,))
+            engine = build_engine(target, catalog.trie, dc.replace(verify=verify), draft, catalog.popularity)
+            res, stats = decode_users(engine, catalog, histories, dc.batch_size)
+            m = {**ranking_metrics(res.sids.tolist(), truth, [K]), **stats.summary()}
             out.update({f"{verify}_accepted_levels": m["accepted_levels"],
                         f"{verify}_target_calls": m["target_calls"], f"{verify}_recall@{K}": m[f"recall@{K}"]})
     finally:

@@ -35,7 +35,7 @@ class ExperimentConfig:
     # timing on test users, with an explicit tree: an auto tree holds every child where it fits the budget,
     # which every draft gets accepted alike, and would hide what the objectives change
     bench: BenchConfig = BenchConfig(batches=(1,), modes=("ar", "spec-strict", "spec-relaxed"),
-                                     draft_beams=DistillConfig.draft_beams, gamma=DistillConfig.gamma)
+                                     decode=DistillConfig.eval_decode)  # timed on the validation decoding's tree
 
 
 def train_drafts(target: Decoder, teacher: TeacherData, catalog: Catalog, cfg: ExperimentConfig, out_dir: str,

@@ -1,25 +1,35 @@
-"""Drafters: one file each, registered by name in `DRAFTERS`; `make_drafter` builds one from what a user names."""
+"""Drafters: one file each, registered by name in `DRAFTERS` (`base.register`); `make_drafter` builds one
+from what a user names. Nothing outside this package asks which drafter it holds."""
 
 from __future__ import annotations
 
 import torch
 
 from recspec.data.trie import SIDTrie
-from recspec.decoding.drafters.base import DRAFTERS, Drafter
+from recspec.decoding.drafters import draft_model, trie_drafter  # noqa: F401  (they register themselves)
+from recspec.decoding.drafters.base import DRAFTERS, Drafter, DrafterInputs
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
 from recspec.decoding.drafters.trie_drafter import TrieDrafter, popularity_prior
+from recspec.decoding.tree_shape import TreeShape
+from recspec.models.decoder import Decoder
 
 TRIE = "trie"  # the name that selects the model-free trie drafter wherever a draft checkpoint is asked for
+MODEL = "draft-model"  # the drafter of a draft checkpoint
 
 
-def make_drafter(draft, trie: SIDTrie, N: int, expand: float = 2.0, prior: torch.Tensor | None = None) -> Drafter:
-    """draft: a draft `Decoder` (drafts by beam search) or "trie" (the trie's children ranked by `prior`,
-    e.g. `Catalog.popularity`; no model)."""
-    if isinstance(draft, str):
-        if draft != TRIE:
-            raise ValueError(f"unknown drafter {draft!r}: give a draft model or {TRIE!r}")
-        return TrieDrafter(trie, N, None if prior is None else prior.to(trie.next_state.device))
-    return DraftModelDrafter(draft, trie, N, expand)
+def make_drafter(draft: Decoder | str, trie: SIDTrie, shape: TreeShape, prior: torch.Tensor | None = None) -> Drafter:
+    """draft: a draft `Decoder` (the "draft-model" drafter: beam search) or a `DRAFTERS` name, e.g. "trie"
+    (the trie's children ranked by `prior`, e.g. `Catalog.popularity`; no model). shape: the tree."""
+    name, model = (draft, None) if isinstance(draft, str) else (MODEL, draft)
+    if name not in DRAFTERS:
+        raise ValueError(f"unknown drafter {name!r}: give a draft model or one of {', '.join(sorted(DRAFTERS))}")
+    return DRAFTERS[name](DrafterInputs(trie=trie, shape=shape, model=model, prior=prior))
 
 
-__all__ = ["DRAFTERS", "Drafter", "DraftModelDrafter", "TrieDrafter", "TRIE", "make_drafter", "popularity_prior"]
+def drafter_name(draft: Decoder | str | None) -> str | None:
+    """The registry name of what `make_drafter` builds from `draft` (None: no drafter)."""
+    return None if draft is None else draft if isinstance(draft, str) else MODEL
+
+
+__all__ = ["DRAFTERS", "Drafter", "DrafterInputs", "DraftModelDrafter", "TrieDrafter", "TRIE", "MODEL", "make_drafter",
+           "drafter_name", "popularity_prior"]

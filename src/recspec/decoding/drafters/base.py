@@ -1,7 +1,8 @@
-"""The drafter interface: propose a draft tree from the target's current beams, observe the verdict.
+"""The drafter interface and its registry.
 
-A new drafter is one file in this folder plus an entry in `DRAFTERS`; the decoding loops only ever
-call `start`, `propose` and `observe`, never ask which drafter they hold.
+A new drafter is one file in this folder, a class with the methods below, registered by name with
+`@register("name")`; its constructor takes a `DrafterInputs`. The decoding loops only ever call
+`start`, `prefill`, `propose`, `observe` and `state_tensors`, and never ask which drafter they hold.
 """
 
 from __future__ import annotations
@@ -11,30 +12,22 @@ from typing import Callable, Protocol
 
 import torch
 
+from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
+from recspec.decoding.handoff import Frontier, Sampling, Verdict
 from recspec.decoding.tree import DraftTree, Layout
+from recspec.decoding.tree_shape import TreeShape
+from recspec.models.decoder import Decoder
 
 
 @dataclass(frozen=True)
-class Frontier:
-    """The target's current beams, handed to the drafter at the start of a round."""
+class DrafterInputs:
+    """Everything a drafter may be built from; each drafter takes what it needs."""
 
-    pending: torch.Tensor | None  # (B, M) tokens of the newest level, in no cache yet (None: first round)
-    pending_slots: torch.Tensor | None  # (B, M) committed slots those tokens go to
-    path: torch.Tensor  # (B, M, L) committed slots of each beam's tokens, pending ones included; sink-padded
-    scores: torch.Tensor  # (B, M) the target's cumulative log-probs
-    states: torch.Tensor  # (B, M) trie states
-    level: torch.Tensor  # (B,) SID levels produced so far (the pending level's number)
-    banned: torch.Tensor | None = None  # (B, S) bool trie states a user may not enter (exclusions; None: none)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What verification kept: KV entries to compact from tree slots into committed slots."""
-
-    copy_src: torch.Tensor  # (B, C) tree slots of accepted nodes (sink: nothing)
-    copy_dst: torch.Tensor  # (B, C) committed slots they move to (sink: nothing)
-    accepted: torch.Tensor  # (B,) levels accepted this round
+    trie: SIDTrie  # the catalogue's valid SIDs, on the decoding device
+    shape: TreeShape  # the tree every round may draft (N nodes per level; expand)
+    model: Decoder | None = None  # a draft checkpoint (model drafters)
+    prior: torch.Tensor | None = None  # (S,) log P(child state | parent state), e.g. `Catalog.popularity`
 
 
 class Drafter(Protocol):
@@ -45,21 +38,25 @@ class Drafter(Protocol):
     def prefill(self) -> None:
         """First-round work on the bound prompts (e.g. fill a draft model's cache with them)."""
 
-    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
-                widths: tuple[int, ...] | None = None, temperature: float = 1.0) -> DraftTree:
-        """Draft `depth` levels of N nodes from the frontier: top-N (sample=False) or N i.i.d.
-        draws from the draft's sequence distribution q (sample=True, with `logq` and `draws` filled).
-        widths: at most widths[j] nodes at level j (the rest invalid padding; the tree's `fed`).
-        temperature: sampling drafts draw from the cumulative log-probs / temperature."""
+    def propose(self, frontier: Frontier, depth: int, widths: tuple[int, ...] | None = None,
+                sampling: Sampling | None = None) -> DraftTree:
+        """Draft `depth` levels of N nodes from the frontier: top-N (sampling None) or N draws without
+        replacement from the draft's sequence distribution q at sampling.temperature (with `logq` and
+        `draws` filled). widths: at most widths[j] nodes at level j (the rest invalid padding; the tree's
+        `fed`)."""
 
     def observe(self, verdict: Verdict) -> None:
         """Learn what the target kept (compact caches, update statistics)."""
 
+    def state_tensors(self) -> tuple[torch.Tensor, ...]:
+        """Tensors a round mutates (restored around CUDA-graph warm-up); () where none."""
 
-DRAFTERS: dict[str, Callable[..., Drafter]] = {}
+
+DRAFTERS: dict[str, Callable[[DrafterInputs], Drafter]] = {}
 
 
 def register(name: str):
+    """Class decorator: `DRAFTERS[name]` builds the drafter from a `DrafterInputs`."""
     def deco(factory):
         DRAFTERS[name] = factory
         return factory

@@ -11,24 +11,29 @@ import torch
 
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
-from recspec.decoding.drafters.base import Frontier, Verdict, register
+from recspec.decoding.drafters.base import DrafterInputs, register
+from recspec.decoding.drafters.select import select_nodes
+from recspec.decoding.handoff import Frontier, Sampling, Verdict
 from recspec.decoding.prompt import prefill, prompt_key_mask
 from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, pad_rows, path_mask, stack_levels
-from recspec.decoding.verify import candidate_scores, gumbel_topk, topk_candidates
+from recspec.decoding.verify import candidate_scores
 from recspec.errors import CheckpointError
 from recspec.models.decoder import Decoder
 
 
 @register("draft-model")
 class DraftModelDrafter:
-    def __init__(self, model: Decoder, trie: SIDTrie, N: int, expand: float = 2.0):
-        """expand: below the first drafted level, top-N drafting extends only the draft's best
-        expand * K nodes of the level above (0: all N). Deep SID levels branch little, so plain top-N
-        fills the tree with the only children of unlikely parents and drops the second children of the
-        likely ones, which the target's top-K needs."""
+    def __init__(self, inputs: DrafterInputs):
+        """A draft checkpoint (inputs.model) drafting inputs.shape's tree. shape.expand: below the first
+        drafted level, top-N drafting extends only the draft's best expand * K nodes of the level above
+        (0: all N). Deep SID levels branch little, so plain top-N fills the tree with the only children of
+        unlikely parents and drops the second children of the likely ones, which the target's top-K needs."""
+        model, trie = inputs.model, inputs.trie
+        if model is None:
+            raise ValueError("the draft-model drafter needs a draft model")
         if model.cfg.vocab_size != trie.vocab_size:
             raise CheckpointError(f"draft vocabulary ({model.cfg.vocab_size} tokens) differs from the SID trie's ({trie.vocab_size})")
-        self.model, self.trie, self.N, self.expand = model, trie, N, expand
+        self.model, self.trie, self.N, self.expand = model, trie, inputs.shape.N, inputs.shape.expand
 
     def start(self, prompts: Prompts, layout: Layout) -> None:
         """Bind the prompts and allocate the draft's cache (reused while the shape holds)."""
@@ -62,8 +67,9 @@ class DraftModelDrafter:
         return torch.log_softmax(logits.float(), dim=-1), mask
 
     @torch.no_grad()
-    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
-                widths: tuple[int, ...] | None = None, temperature: float = 1.0) -> DraftTree:
+    def propose(self, frontier: Frontier, depth: int, widths: tuple[int, ...] | None = None,
+                sampling: Sampling | None = None) -> DraftTree:
+        sample = sampling is not None
         logp, mask = self._frontier_logp(frontier)
         scores, states = frontier.scores, frontier.states
         B, V, N = scores.shape[0], logp.shape[-1], self.N
@@ -75,7 +81,8 @@ class DraftModelDrafter:
             cand = candidate_scores(scores, logp, self.trie.allowed(states, frontier.banned))  # (B, M, V)
             if j > 0 and not sample and keep < cand.shape[1]:  # nodes are best-first: extend the top `keep`
                 cand = torch.cat([cand[:, :keep], torch.full_like(cand[:, keep:], float("-inf"))], dim=1)
-            parent, token, score, draws, logq = self._select(cand, sample, generator, w, temperature)  # (B, w)
+            pick, score, draws, logq = select_nodes(cand, w, sampling)  # (B, w) into M * V
+            parent, token = pick // V, pick % V
             levels.append((token, parent, torch.isfinite(score), draws, pad_rows(logq, P)))
             states = self.trie.step(gather_rows(states, parent), token)
             scores = score
@@ -93,19 +100,3 @@ class DraftModelDrafter:
         lq = torch.stack(lq, dim=1) if sample else None  # (B, d, P, V)
         return DraftTree(tokens=tok, parents=par, valid=val, draws=drw, logq=lq,
                          fed=widths if any(w < N for w in widths) else None)
-
-    def _select(self, cand: torch.Tensor, sample: bool, generator, n: int, temperature: float = 1.0):
-        """cand (B, M, V) -> n nodes: parent, token, score (B, n); draws (B, n) and logq (B, M, V) when
-        sampling (from the cumulative log-probs / temperature)."""
-        if not sample:
-            parent, token, score = topk_candidates(cand, n)
-            return parent, token, score, None, None
-        B, M, V = cand.shape
-        flat = cand.reshape(B, M * V)
-        hot = flat / temperature
-        logq = hot - hot.logsumexp(dim=1, keepdim=True)  # the draft's sequence distribution q
-        logq = torch.where(torch.isfinite(hot.logsumexp(dim=1, keepdim=True)), logq, hot)  # finished rows: all -inf
-        picks = gumbel_topk(logq, n, generator)  # (B, n) distinct, in the order drawn
-        score = flat.gather(1, picks)
-        draws = torch.arange(n, device=cand.device).expand(B, -1)  # node i is draw i
-        return picks // V, picks % V, score, draws, logq.reshape(B, M, V)

@@ -22,9 +22,10 @@ import torch
 
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import PAD, Prompts
-from recspec.decoding.drafters.base import Frontier, Verdict, register
+from recspec.decoding.drafters.base import DrafterInputs, register
+from recspec.decoding.drafters.select import select_nodes
+from recspec.decoding.handoff import Frontier, Sampling, Verdict
 from recspec.decoding.tree import DraftTree, Layout, pad_rows, stack_levels
-from recspec.decoding.verify import gumbel_topk
 
 NEG_INF = float("-inf")
 
@@ -69,13 +70,14 @@ def popularity_prior(trie: SIDTrie, histories: Iterable[Iterable[int]], smoothin
 
 @register("trie")
 class TrieDrafter:
-    def __init__(self, trie: SIDTrie, N: int, prior: torch.Tensor | None = None, draws: int | None = 0):
-        """prior: (S,) log P(child | parent) by trie state (`popularity_prior`); None ranks a parent's
+    def __init__(self, inputs: DrafterInputs, draws: int | None = 0):
+        """inputs.prior: (S,) log P(child | parent) by trie state (`popularity_prior`); None ranks a parent's
         children equally (in code order). It only matters where a level is cut to the tree's width.
         draws (sampling drafts): how many of a level's nodes, in the order drawn from q, relaxed
         verification runs its rejection steps on (None: all). A level holding every child is accepted
         whatever is drawn (the target's own draws all land on nodes), so the default 0 leaves the
         target to sample alone there, without the per-draw loop; draws only help at cut levels."""
+        trie, N, prior = inputs.trie, inputs.shape.N, inputs.prior
         if draws is not None and draws < 0:
             raise ValueError(f"trie drafter draws must be >= 0 or None, got {draws}")
         self.draws = draws
@@ -83,7 +85,7 @@ class TrieDrafter:
         if prior is not None and tuple(prior.shape) != (S,):
             raise ValueError(f"trie drafter prior has shape {tuple(prior.shape)}, the trie has {S} states")
         self.trie, self.N = trie, N
-        self.prior = prior if prior is not None else torch.zeros(S)
+        self.prior = prior.to(trie.next_state.device) if prior is not None else torch.zeros(S)
 
     def start(self, prompts: Prompts, layout: Layout) -> None:
         dev = prompts.tokens.device
@@ -101,9 +103,10 @@ class TrieDrafter:
         """No cache to compact."""
 
     @torch.no_grad()
-    def propose(self, frontier: Frontier, depth: int, sample: bool, generator: torch.Generator | None,
-                widths: tuple[int, ...] | None = None, temperature: float = 1.0) -> DraftTree:
+    def propose(self, frontier: Frontier, depth: int, widths: tuple[int, ...] | None = None,
+                sampling: Sampling | None = None) -> DraftTree:
         """Level by level, the children of the level above (the target's beams first), best `w` of them."""
+        sample = sampling is not None
         scores, states = frontier.scores, frontier.states  # (B, M)
         N, V = self.N, self.trie.vocab_size
         widths = tuple(min(w, N) for w in widths) if widths else (N,) * depth
@@ -113,7 +116,7 @@ class TrieDrafter:
             child, token = self._children(states, frontier.banned)  # (B, P, C)
             C = child.shape[-1]
             cand = torch.where(child >= 0, scores[..., None] + self.prior[child.clamp(min=0)], NEG_INF)
-            pick, score, draws, logq = _select(cand, sample, generator, w, temperature)  # (B, w) into P * C
+            pick, score, draws, logq = select_nodes(cand, w, sampling)  # (B, w) into P * C
             # a node past the last child has no token: <pad> (level offset + code may pass the vocabulary
             # where a level's codebook is smaller than the widest one, e.g. a disambiguating level)
             tok = torch.where(torch.isfinite(score), token.flatten(1).gather(1, pick), PAD)
@@ -144,24 +147,6 @@ class TrieDrafter:
         child = torch.where(ok, child, torch.full_like(child, -1))
         token = t.level_offset[t.depth[states]][..., None] + torch.arange(child.shape[-1], device=states.device)
         return child, token
-
-
-def _select(cand: torch.Tensor, sample: bool, generator, n: int, temperature: float):
-    """cand (B, P, C) cumulative scores over children codes -> n nodes: flat index parent * C + code and
-    score (B, n); draws (B, n) and logq (B, P, C) when sampling (from the scores / temperature)."""
-    B, P, C = cand.shape
-    flat = cand.reshape(B, P * C)
-    n = min(n, P * C)
-    if not sample:
-        score, idx = flat.topk(n, dim=1)
-        return idx, score, None, None
-    hot = flat / temperature
-    norm = hot.logsumexp(dim=1, keepdim=True)
-    logq = torch.where(torch.isfinite(norm), hot - norm, hot)  # finished rows: all -inf
-    picks = gumbel_topk(logq, n, generator)  # (B, n) distinct, in the order drawn
-    score = flat.gather(1, picks)
-    draws = torch.arange(n, device=cand.device).expand(B, -1)  # node i is draw i
-    return picks, score, draws, logq.reshape(B, P, C)
 
 
 def _to_vocab(x: torch.Tensor, token: torch.Tensor, V: int) -> torch.Tensor:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from recspec.data.popularity import popularity_prior
 from recspec.data.trie import SIDTrie
 from recspec.decoding.drafters.base import DRAFTERS, Drafter
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
-from recspec.decoding.drafters.trie_drafter import TrieDrafter, popularity_prior
+from recspec.decoding.drafters.trie_drafter import TrieDrafter
 
 TRIE = "trie"  # the name that selects the model-free trie drafter wherever a draft checkpoint is asked for
 

@@ -42,12 +42,13 @@ import torch
 from recspec.config import OBJECTIVE_NAMES, DecodeConfig, DistillConfig
 from recspec.data.catalog import Catalog
 from recspec.data.datasets import Example
+from recspec.decoding.path_tree import path_logits
 from recspec.errors import DataError
 from recspec.models.decoder import Decoder
 from recspec.recommender import Recommender
 from recspec.training import losses
 from recspec.training.loop import RunInfo, TrainLoop, run_resumable
-from recspec.training.teacher import TeacherBatch, TeacherData, fingerprint, path_logits
+from recspec.training.teacher import TeacherBatch, TeacherData, fingerprint
 
 AlignLoss = Callable[[torch.Tensor, TeacherBatch, DistillConfig], torch.Tensor]
 

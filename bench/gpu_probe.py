@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from gpu_bench import ar_step_ms, copy_bandwidth, log  # noqa: E402
-from recspec.config import MODEL_PRESETS, ModelConfig, TrainConfig  # noqa: E402
+from recspec.config import ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.evaluation.evaluate import evaluate  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
@@ -49,7 +49,7 @@ def main():
     shutil.rmtree("/tmp/rp", ignore_errors=True)
     # 1. fp32 'small' target for the CPU benchmark
     torch.manual_seed(0)
-    m = Decoder(ModelConfig(vocab_size=cat.vocab.size, **MODEL_PRESETS["small"])).cuda()
+    m = Decoder(ModelConfig.preset(cat.vocab.size, "small")).cuda()
     cfg = TrainConfig(epochs=10, batch_size=64, lr=2e-3, eval_users=500, max_steps=args.small_steps)
     res = train(m, cat.data, cat.index, cat.vocab, cat.trie, cfg, "/tmp/rp/small", progress=False,
                 on_log=lambda r: log(r) if r.get("event") == "eval" else None)
@@ -59,7 +59,7 @@ def main():
     ev(best, cat, "small fp32 reloaded")
     # 2. autocast: train a demo-size model under bf16 autocast; evaluate in memory and reloaded
     torch.manual_seed(0)
-    m = Decoder(ModelConfig(vocab_size=cat.vocab.size, **MODEL_PRESETS["demo"])).cuda()
+    m = Decoder(ModelConfig.preset(cat.vocab.size, "demo")).cuda()
     cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, eval_users=500, max_steps=800)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         res = train(m, cat.data, cat.index, cat.vocab, cat.trie, cfg, "/tmp/rp/ac", progress=False,

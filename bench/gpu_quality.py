@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from recspec.config import MODEL_PRESETS, ModelConfig, TrainConfig  # noqa: E402
+from recspec.config import ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.decoding.drafters import TRIE  # noqa: E402
 from recspec.evaluation.bench import BenchConfig, run_bench  # noqa: E402
@@ -57,8 +57,7 @@ def sweep(cat, args, dev: str, per_epoch: int, work: str, result: dict):
     """Selection runs of every config -> (entry, model config, train config, run folder) of the best."""
     best = None
     for size, dropout, lr in parse_configs(args.configs):
-        shape = MODEL_PRESETS["tiny" if args.cpu_smoke else size]
-        mcfg = ModelConfig(vocab_size=cat.vocab.size, dropout=dropout, max_positions=256, **shape)
+        mcfg = ModelConfig.preset(cat.vocab.size, "tiny" if args.cpu_smoke else size, dropout=dropout, max_positions=256)
         steps = 6 if args.cpu_smoke else args.epochs * per_epoch
         cfg = TrainConfig(steps=steps, batch_size=args.batch, lr=lr, weight_decay=args.weight_decay,
                           warmup_steps=min(200, steps // 10), eval_every=max(1, int(args.eval_epochs * per_epoch)),

@@ -21,7 +21,7 @@ from collections import Counter
 
 import torch
 
-from recspec.config import MODEL_PRESETS, ModelConfig
+from recspec.config import ModelConfig
 from recspec.data.datasets import load_sequential
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie, build_trie
@@ -65,7 +65,7 @@ def load_model(path: str, vocab: Vocab, index: SIDIndex, device) -> Decoder:
 
 def random_draft(vocab: Vocab, seed: int, device) -> Decoder:
     torch.manual_seed(seed)
-    return Decoder(ModelConfig(vocab_size=vocab.size, **MODEL_PRESETS["draft"])).to(device).eval()
+    return Decoder(ModelConfig.preset(vocab.size, "draft")).to(device).eval()
 
 
 def batches(vocab: Vocab, index: SIDIndex, histories: list, size: int, device) -> list[Prompts]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -146,15 +145,15 @@ def train(data: str = DATA, out: str = typer.Option(..., help="run folder (check
           max_steps: int = 0, time_limit_s: float = 0.0, threads: int = 0, seed: int = 0, device: str = "cpu"):
     """Train a target (or a plain cross-entropy draft) with the language-model loss on every next item:
     a run on the train period validated on every validation user, then the final fit on train + valid."""
+    from recspec.config import ModelConfig
     from recspec.data.catalog import open_catalog
-    from recspec.demo import model_config
     from recspec.training.recipe import run_recipe
 
     cat = open_catalog(data, index_dir=index_dir or out)
     cfg = _checked(TrainConfig, epochs=epochs, steps=steps, fit=fit, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                    weight_decay=weight_decay, eval_every=eval_every, eval_users=eval_users, patience=patience,
                    precision=precision, max_steps=max_steps, time_limit_s=time_limit_s, threads=threads, seed=seed)
-    mcfg = _checked(lambda: dataclasses.replace(model_config(cat, size), dropout=dropout))
+    mcfg = _checked(ModelConfig.preset, cat.vocab.size, size, dropout=dropout)
     evals: list[dict] = []
     res = run_recipe(mcfg, cat, cfg, out, device, final_fit=final_fit and fit == "train", role=role,
                      on_log=_collect(evals))
@@ -580,8 +579,7 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
 
     import torch
 
-    from recspec.config import DistillConfig
-    from recspec.demo import model_config
+    from recspec.config import DistillConfig, ModelConfig
     from recspec.models.decoder import Decoder
     from recspec.training.distill import distill
 
@@ -592,7 +590,7 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
     cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
     td = _open_teacher(teacher, tgt, cat)
     torch.manual_seed(seed)
-    draft = Decoder(_checked(model_config, cat, size)).to(device)
+    draft = Decoder(_checked(ModelConfig.preset, cat.vocab.size, size)).to(device)
     evals: list[dict] = []
     res = distill(draft, tgt, td, cat, cfg, out, on_log=_collect(evals))
     _print_evals(evals)
@@ -640,8 +638,7 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
     """Train one draft per objective, then time AR and strict / relaxed spec decoding with each -> JSON + PNG."""
     import dataclasses
 
-    from recspec.config import DistillConfig, to_dict
-    from recspec.demo import model_config
+    from recspec.config import DistillConfig, ModelConfig, to_dict
     from recspec.evaluation.bench import BenchConfig
     from recspec.evaluation.report import plot_acceptance, write_results
     from recspec.training.distill_experiment import ExperimentConfig, run_experiment
@@ -658,7 +655,7 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
                        decode=DecodeConfig(seed=seed, tree=TreeConfig(draft_beams=draft_beams, gamma=gamma)))
     cfg = ExperimentConfig(objectives=names, size=size, distill=dcfg, bench=bcfg)
     cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
-    _checked(model_config, cat, size)  # an unknown size fails now, not after the teacher checks
+    _checked(ModelConfig.preset, cat.vocab.size, size)  # an unknown size fails now, not after the teacher checks
     td = _open_teacher(teacher, tgt, cat)
     rows, trained = run_experiment(tgt, td, cat, cfg, out_dir)
     path = write_results(rows, results or f"runs/distill/distill_{cat.data.name}.json", device,

@@ -34,6 +34,14 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
 
+    @classmethod
+    def preset(cls, vocab_size: int, size: str, **fields) -> "ModelConfig":
+        """The named shape `size` of MODEL_PRESETS for a vocabulary of `vocab_size` tokens (the catalogue's
+        `vocab.size`); `fields` override any other field (e.g. dropout). An unknown size raises ValueError."""
+        if size not in MODEL_PRESETS:
+            raise ValueError(f"unknown model size {size!r}; choose from {sorted(MODEL_PRESETS)}")
+        return cls(vocab_size=vocab_size, **{**MODEL_PRESETS[size], **fields})
+
     def num_parameters(self) -> int:
         c, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
         kv = self.num_kv_heads * self.head_dim
@@ -42,7 +50,7 @@ class ModelConfig:
         return v * c + self.num_layers * per_layer + c + head
 
 
-# Named sizes: `recspec train --size small` etc.
+# Named sizes (`ModelConfig.preset`): `recspec train --size small` etc.
 MODEL_PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
     "draft": dict(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128),

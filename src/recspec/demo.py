@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from recspec.config import MODEL_PRESETS, ModelConfig, TrainConfig, to_dict
-from recspec.data.catalog import Catalog, SIDBuild, open_catalog
+from recspec.config import ModelConfig, TrainConfig, to_dict
+from recspec.data.catalog import SIDBuild, open_catalog
 from recspec.data.sids import collision_stats
 from recspec.evaluation.evaluate import evaluate, evaluate_popularity, recommend
 from recspec.models.decoder import Decoder
@@ -36,12 +36,6 @@ class DemoConfig:
     sasrec_steps: int = 200  # SASRec baseline: steps per grid point (width 64, dropout 0.2 / 0.5, lr 3e-3)
 
 
-def model_config(catalog: Catalog, size: str) -> ModelConfig:
-    if size not in MODEL_PRESETS:
-        raise ValueError(f"unknown model size {size!r}; choose from {sorted(MODEL_PRESETS)}")
-    return ModelConfig(vocab_size=catalog.vocab.size, **MODEL_PRESETS[size])
-
-
 def _sasrec(cfg: DemoConfig):
     from recspec.training.fit_baselines import SASRecSetup
     from recspec.training.sasrec import SASRecGrid, SASRecTrainConfig
@@ -56,7 +50,7 @@ def run_demo(cfg: DemoConfig, on_log=None, progress: bool = True) -> dict:
     os.makedirs(cfg.out, exist_ok=True)
     cat = open_catalog(cfg.data, index_dir=cfg.out, build=SIDBuild())  # codebooks sized from the catalogue
     torch.manual_seed(cfg.seed)
-    model = Decoder(model_config(cat, cfg.size))
+    model = Decoder(ModelConfig.preset(cat.vocab.size, cfg.size))
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.max_steps,
                        seed=cfg.seed, eval_users=300, warmup_steps=50, window_stride=cfg.window_stride)
     result = train(model, cat.data, cat.index, cat.vocab, cat.trie, tcfg, os.path.join(cfg.out, "target"),

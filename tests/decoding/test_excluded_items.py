@@ -12,10 +12,11 @@ import torch
 from scipy.stats import chi2_contingency
 
 from recspec.data.exclusion import banned_states, history_rows
+from recspec.data.popularity import popularity_prior
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import Vocab, build_prompts
 from recspec.decoding.beam_search import BeamResult, beam_search
-from recspec.decoding.drafters import DraftModelDrafter, TrieDrafter, popularity_prior
+from recspec.decoding.drafters import DraftModelDrafter, TrieDrafter
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.handoff import Sampling
 from recspec.decoding.tree import DraftTree

@@ -15,11 +15,12 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency
 
+from recspec.data.popularity import popularity_prior
 from recspec.data.sids import SIDIndex, resolve_collisions
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import Prompts, Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
-from recspec.decoding.drafters import DraftModelDrafter, TrieDrafter, make_drafter, popularity_prior
+from recspec.decoding.drafters import DraftModelDrafter, TrieDrafter, make_drafter
 from recspec.decoding.handoff import Frontier, Sampling
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.round import RoundPlan
@@ -407,7 +408,7 @@ def test_popularity_prior_refuses_unknown_items():
     """An item id outside the catalogue is named, with the history it is in, not silently dropped."""
     from recspec.data.trie import build_trie
     from recspec.data.vocab import Vocab
-    from recspec.decoding.drafters.trie_drafter import popularity_prior
+    from recspec.data.popularity import popularity_prior
     from spec_checks import TOY
 
     trie = build_trie(TOY, Vocab.for_index(TOY))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from recspec.config import DistillConfig
+from recspec.config import DecodeConfig, DistillConfig, TreeConfig
 from recspec.data.catalog import Catalog
 from recspec.data.datasets import Example, SplitData
 from recspec.data.sids import SIDIndex
@@ -24,8 +24,8 @@ from recspec.training.teacher import TeacherData, generate_teacher
 NUM_ITEMS = 30
 K_PRIME = 4
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
-BASE = DistillConfig(epochs=1, batch_size=8, lr=1e-2, warmup_steps=1, eval_users=0, eval_K=2, draft_beams=4,
-                     gamma=2, K=3, threads=1)
+BASE = DistillConfig(epochs=1, batch_size=8, lr=1e-2, warmup_steps=1, eval_users=0,
+                     eval_decode=DecodeConfig(K=2, tree=TreeConfig(draft_beams=4, gamma=2)), K=3, threads=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -157,7 +157,7 @@ def test_validation_measures_acceptance_and_keeps_the_best(objective, mode, setu
     L = cat.vocab.num_levels
     for r in evals:
         for m in ("strict", "relaxed"):
-            assert 0 <= r[f"{m}_accepted_levels"] <= cfg.gamma
+            assert 0 <= r[f"{m}_accepted_levels"] <= cfg.eval_decode.tree.gamma
             assert 1 <= r[f"{m}_target_calls"] <= L + 1
     assert res.best == max(r[res.metric] for r in evals)
     best, meta = load_checkpoint(res.checkpoint)
@@ -169,7 +169,7 @@ def test_validation_measures_acceptance_and_keeps_the_best(objective, mode, setu
 
 def test_the_target_as_its_own_draft_is_accepted_in_one_call(setup):
     cat, target, _ = setup
-    m = acceptance(target, target, cat, cat.data.valid[:5], dataclasses.replace(BASE, gamma=3))
+    m = acceptance(target, target, cat, cat.data.valid[:5], dataclasses.replace(BASE, eval_decode=BASE.eval_decode.replace(gamma=3)))
     L = cat.vocab.num_levels  # a tree drafts every level but the last, the target's own (no <eos> step by default)
     assert m["strict_target_calls"] == 1.0 and m["strict_accepted_levels"] == L - 1
 

@@ -15,10 +15,11 @@ from recspec.data.sids import SIDIndex
 from recspec.data.trie import build_trie
 from recspec.data.vocab import EOS, Vocab, build_prompts
 from recspec.decoding.beam_search import beam_search
+from recspec.decoding.path_tree import path_logits
 from recspec.errors import DataError
 from recspec.training.losses import masked_log_softmax
-from recspec.training.teacher import (MANIFEST, TeacherData, dense_logp, generate_teacher, path_logits, path_masks,
-                                      sparse_logp, teacher_examples)
+from recspec.training.teacher import (MANIFEST, TeacherData, dense_logp, generate_teacher, path_masks, sparse_logp,
+                                      teacher_examples)
 
 NUM_ITEMS = 30
 K_PRIME = 5

@@ -19,6 +19,7 @@ import torch
 
 from recspec.data.datasets import (SEQUENTIAL_FILES, SplitData, find_file, lcrec_name, own_index_path,
                                    read_lcrec, read_sequential)
+from recspec.data.popularity import popularity_prior
 from recspec.data.recbole import find_ml100k, read_recbole, recbole_items
 from recspec.data.sid_build import build_sids, item_vectors_from_interactions
 from recspec.data.sids import SIDIndex
@@ -41,8 +42,6 @@ class Catalog:
     def popularity(self) -> torch.Tensor:
         """(S,) log P(trie state | its parent) from the training interactions: the trie drafter's prior,
         computed once per catalogue however many engines are built on it."""
-        from recspec.decoding.drafters.trie_drafter import popularity_prior  # decoding builds on data, not back
-
         return popularity_prior(self.trie, self.data.train)
 
 

@@ -10,8 +10,8 @@ import torch
 
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import EOS, Prompts
+from recspec.decoding.path_tree import path_logits
 from recspec.models.decoder import Decoder
-from recspec.training.teacher import path_logits
 
 
 @torch.no_grad()

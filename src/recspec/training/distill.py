@@ -3,7 +3,7 @@
 A TeacherBatch holds M = 1 + K' paths per example: path 0 the ground-truth item, paths 1..K' the
 target's top-K' beams, each L codes + `<eos>`, with the target's level-masked log p at every position.
 The student runs on the paths an objective reads, all in ONE forward over [prompt | paths] with
-tree attention (`teacher.path_logits`, which carries gradients), and every loss is a pure function
+tree attention (`decoding.path_tree.path_logits`, which carries gradients), and every loss is a pure function
 of the logits (losses.py):
 
     objective  student paths   loss                                              best/ picked by
@@ -43,13 +43,14 @@ from recspec.config import OBJECTIVE_NAMES, DistillConfig
 from recspec.data.catalog import Catalog
 from recspec.data.datasets import Example
 from recspec.decoding.engine import build_engine
+from recspec.decoding.path_tree import path_logits
 from recspec.errors import DataError
 from recspec.evaluation.evaluate import decode_users, target_sids
 from recspec.evaluation.metrics import ranking_metrics
 from recspec.models.decoder import Decoder
 from recspec.training import losses
 from recspec.training.loop import RunInfo, TrainLoop, run_resumable
-from recspec.training.teacher import TeacherBatch, TeacherData, fingerprint, path_logits
+from recspec.training.teacher import TeacherBatch, TeacherData, fingerprint
 
 AlignLoss = Callable[[torch.Tensor, TeacherBatch, DistillConfig], torch.Tensor]
 

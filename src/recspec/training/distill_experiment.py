@@ -17,9 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from recspec.config import OBJECTIVE_NAMES, DistillConfig
+from recspec.config import OBJECTIVE_NAMES, DistillConfig, ModelConfig
 from recspec.data.catalog import Catalog
-from recspec.demo import model_config
 from recspec.evaluation.bench import BenchConfig, run_bench
 from recspec.models.decoder import Decoder
 from recspec.models.hf import load_checkpoint
@@ -30,7 +29,7 @@ from recspec.training.teacher import TeacherData
 @dataclass(frozen=True)
 class ExperimentConfig:
     objectives: tuple[str, ...] = OBJECTIVE_NAMES  # one draft per objective
-    size: str = "draft"  # draft model preset (config.MODEL_PRESETS)
+    size: str = "draft"  # draft model preset (ModelConfig.preset)
     distill: DistillConfig = DistillConfig()  # training of every draft; `objective` is set per draft
     # timing on test users, with an explicit tree: an auto tree holds every child where it fits the budget,
     # which every draft gets accepted alike, and would hide what the objectives change
@@ -45,7 +44,7 @@ def train_drafts(target: Decoder, teacher: TeacherData, catalog: Catalog, cfg: E
     results = {}
     for objective in cfg.objectives:
         torch.manual_seed(cfg.distill.seed)
-        draft = Decoder(model_config(catalog, cfg.size)).to(device)
+        draft = Decoder(ModelConfig.preset(catalog.vocab.size, cfg.size)).to(device)
         log = (lambda r, o=objective: on_log({**r, "objective": o})) if on_log else None
         results[objective] = distill(draft, target, teacher, catalog, replace(cfg.distill, objective=objective),
                                      os.path.join(out_dir, objective), on_log=log, progress=progress)

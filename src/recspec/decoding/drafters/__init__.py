@@ -9,7 +9,7 @@ from recspec.data.trie import SIDTrie
 from recspec.decoding.drafters import draft_model, trie_drafter  # noqa: F401  (they register themselves)
 from recspec.decoding.drafters.base import DRAFTERS, Drafter, DrafterInputs
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
-from recspec.decoding.drafters.trie_drafter import TrieDrafter, popularity_prior
+from recspec.decoding.drafters.trie_drafter import TrieDrafter
 from recspec.decoding.tree_shape import TreeShape
 from recspec.models.decoder import Decoder
 
@@ -32,4 +32,4 @@ def drafter_name(draft: Decoder | str | None) -> str | None:
 
 
 __all__ = ["DRAFTERS", "Drafter", "DrafterInputs", "DraftModelDrafter", "TrieDrafter", "TRIE", "MODEL", "make_drafter",
-           "drafter_name", "popularity_prior"]
+           "drafter_name"]

@@ -151,6 +151,7 @@ def test_tree_width_caps_the_drafted_nodes(beauty):
         SpecEngine(beauty.target, drafter, beauty.trie, K=10, N=40, gamma=3, widths=(30, 0))
 
 
+@pytest.mark.slow
 def test_compiled_rounds_stay_exact(beauty, reference):
     """torch.compile'd rounds (fixed shapes, one graph per round shape) return the target's beam search."""
     from recspec.decoding.engine import SpecEngine

@@ -14,7 +14,8 @@ from recspec.data.sids import SIDIndex
 from recspec.data.vocab import Vocab
 from recspec.models.decoder import Decoder
 
-# RECSPEC_SHARED=/nonexistent runs the suite as on a clone without ../shared (the toy stands in for Beauty)
+# RECSPEC_SHARED=/nonexistent: these fixtures act as on a clone without ../shared (the toy stands in for
+# Beauty); tests/data, test_recommend_ids.py and tests/bench still find ../shared by their own paths
 SHARED = Path(os.environ.get("RECSPEC_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 SHARED_DATASETS = SHARED / "datasets"
 TOY_DATASET = Path(__file__).resolve().parent / "fixtures" / "toy"  # made by fixtures/make_toy.py

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "decoding"))
 
@@ -21,6 +23,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_every_mode_and_writes_rows(shared_datasets, tmp_path):
     res = _run("gpu_bench.py", "--cpu-smoke", "--allow-ungated", "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

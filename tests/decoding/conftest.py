@@ -1,5 +1,6 @@
-"""Fixtures of the decoding tests: Beauty test users with a tiny random target and drafts, and the
-target's own beam search on them (the reference every speculative search must equal)."""
+"""Fixtures of the decoding tests: Beauty test users (the bundled toy catalogue's where ../shared is
+absent) with a tiny random target and drafts, and the target's own beam search on them (the reference
+every speculative search must equal)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from recspec.decoding.beam_search import BeamResult, beam_search
 
 
 @pytest.fixture(scope="session")
-def beauty(shared_datasets, make_decoder) -> Beauty:
-    data, index = load_sequential(shared_datasets / "beauty")
+def beauty(sequential_dataset, make_decoder) -> Beauty:
+    data, index = load_sequential(sequential_dataset)
     vocab = Vocab.for_index(index)
     histories = [e.history for e in data.test[:NUM_USERS]]
     assert len(histories) == NUM_USERS

@@ -1,5 +1,6 @@
-"""What the speculative decoding tests share: the Beauty test set-up, the TOY index, and checks of
-returned items and acceptance bookkeeping. The fixtures built from it live in conftest.py."""
+"""What the speculative decoding tests share: the Beauty test set-up (or the bundled toy catalogue's),
+the TOY index, level-1 widths read from the trie, and checks of returned items and acceptance
+bookkeeping. The fixtures built from it live in conftest.py."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ DRAFT_NOISE = 0.03  # std of the noise added to the target's weights (std 0.3) f
 TOY = SIDIndex(codes=np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 2], [2, 1], [2, 2]]),
                level_sizes=(3, 3), prefixes=("a", "b"))
 ROWS = 20_000  # rows (one prompt repeated) of the relaxed-mode distribution tests
+ROOT = "root"  # in a widths tuple of a test case: as many nodes as the trie's root has children
+
+
+def root_codes(trie: SIDTrie) -> int:
+    """The catalogue's number of level-1 codes: the trie root's children."""
+    return int((trie.next_state[trie.ROOT] >= 0).sum())
+
+
+def root_widths(widths: tuple, trie: SIDTrie) -> tuple[int, ...]:
+    """`widths` with ROOT replaced by the trie's number of level-1 codes (every level-1 code drafted)."""
+    return tuple(root_codes(trie) if w == ROOT else w for w in widths)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ class Beauty:
 
 
 @pytest.fixture(scope="module")
-def beauty(shared_datasets, beauty_index, make_decoder) -> Beauty:
-    folder = shared_datasets / "beauty"
+def beauty(sequential_dataset, beauty_index, make_decoder) -> Beauty:
+    folder = sequential_dataset  # Beauty, or the bundled toy catalogue where ../shared is absent
     train = read_sequential(folder / "sequential_train.txt")
     valid = read_sequential(folder / "sequential_valid.txt")
     histories = [train[u] + valid.get(u, []) for u in train]

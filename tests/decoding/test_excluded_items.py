@@ -20,12 +20,13 @@ from recspec.decoding.drafters import DraftModelDrafter, TrieDrafter
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.handoff import Sampling
 from recspec.decoding.tree import DraftTree
-from spec_checks import ATOL, BATCH, ROWS, TOY, check_items, decode, inputs, levels_table, outcome_counts
+from spec_checks import (ATOL, BATCH, ROOT, ROWS, TOY, check_items, decode, inputs, levels_table, outcome_counts,
+                         root_widths)
 
 # Fixtures `beauty` (Beauty test users, target and drafts) and `reference` (the target's beam search)
 # come from conftest.py.
 
-FULL = (91, 24, 64, 64)  # the trie drafter's widths of test_trie_drafter: every level-1 code (Beauty)
+FULL = (ROOT, 24, 64, 64)  # the trie drafter's widths of test_trie_drafter: every level-1 code
 
 
 def biting_rows(trie: SIDTrie, plain: BeamResult) -> torch.Tensor:
@@ -72,6 +73,7 @@ def test_strict_with_exclusions_equals_beam_search(beauty, reference, draft, K, 
     L = beauty.trie.num_levels
     which = [CASES.index((draft, K, N, gamma, depths, widths, fixed, batch, eos)) % len(beauty.batched)] \
         if batch == BATCH else range(3)
+    widths = root_widths(widths, beauty.trie)
     prompts = [beauty.prompts(batch)[b] for b in which]
     width = max(p.tokens.shape[1] for p in beauty.prompts(batch))
     for p, plain in zip(prompts, reference(K, batch, which, eos)):
@@ -149,11 +151,12 @@ def test_fewer_allowed_items_than_K_gives_them_then_minus_one(toy, eos):
 
 
 def test_most_of_the_catalogue_excluded(beauty):
-    """A user whose history holds 95% of Beauty's items still gets K items, none of them excluded, the
-    same from AR and from strict speculation with either drafter."""
+    """A user whose history holds 95% of the catalogue's items (99%, or all but K for another) still gets
+    K items, none of them excluded, the same from AR and from strict speculation with either drafter."""
     trie, K, N = beauty.trie, 20, 40
     items = np.random.default_rng(0).permutation(len(trie.item_sid))
-    histories = [items[: int(0.95 * len(items))].tolist(), items[: int(0.99 * len(items))].tolist()]
+    most = lambda share, left: items[: min(int(share * len(items)), len(items) - left)].tolist()  # noqa: E731
+    histories = [most(0.95, 2 * K), most(0.99, K)]  # a small catalogue leaves 2K and K items
     prompts = build_prompts(beauty.vocab, beauty.index, histories)
     rows = history_rows(trie, histories)
     assert int((~rows).sum(dim=1).min()) >= K

@@ -181,7 +181,7 @@ def test_no_shape_field_means_auto_and_any_one_an_explicit_shape():
 
 
 REFUSED = [  # (shape fields, K, the message)
-    (dict(draft_beams=40, widths=(91, 24)), 10, "--widths 91,24: 91 is above --draft-beams 40"),
+    (dict(draft_beams=40, widths=(64, 24)), 10, "--widths 64,24: 64 is above --draft-beams 40"),
     (dict(draft_beams=40, widths=(4, 0)), 10, "--widths 4,0: 0 is below 1"),
     (dict(draft_beams=5), 10, "--draft-beams 5 is below --K 10"),
     (dict(depths=(1, -1)), 10, "--depths 1,-1: -1 is below 0"),

@@ -25,7 +25,8 @@ from recspec.decoding.handoff import Frontier, Sampling
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.round import RoundPlan
 from recspec.decoding.tree import DraftTree
-from spec_checks import ATOL, BATCH, ROWS, TARGET, TOY, check_items, decode, inputs, levels_table, outcome_counts
+from spec_checks import (ATOL, BATCH, ROOT, ROWS, TARGET, TOY, check_items, decode, inputs, levels_table,
+                         outcome_counts, root_codes, root_widths)
 
 # Fixtures `beauty` and `reference` come from conftest.py.
 
@@ -63,7 +64,7 @@ def node_paths(tree: DraftTree, b: int) -> list[dict[tuple[int, ...], int]]:
 
 
 # --- strict: the target's beam search, whatever the tree's shape ----------------------------------------
-FULL = (91, 24, 64, 64)  # every level-1 code; room for the children of 10 level-2 beams (Beauty)
+FULL = (ROOT, 24, 64, 64)  # every level-1 code; room for the children of 10 level-2 beams
 CASES = [  # (K, N, gamma, depths, widths, fixed shapes, prior, batch, eos)
     (1, 96, 2, (1, 2, 2), FULL, False, "pop", BATCH, False), (10, 96, 2, (1, 2, 2), FULL, False, "pop", 1, True),
     (5, 40, 3, (), (), False, "pop", BATCH, True), (20, 40, 1, (), (), False, "flat", 1, False),
@@ -78,7 +79,7 @@ BATCH_CASES = [c for c in CASES if c[-2] == BATCH]
                               f"-{'fixed' if c[5] else 'eager'}-{c[6]}-b{c[7]}-{'eos' if c[8] else 'noeos'}" for c in CASES])
 def test_strict_equals_beam_search(beauty, reference, K, N, gamma, depths, widths, fixed, prior, batch, eos):
     case = (K, N, gamma, depths, widths, fixed, prior, batch, eos)
-    L = beauty.trie.num_levels
+    L, widths = beauty.trie.num_levels, root_widths(widths, beauty.trie)
     pop = popularity_prior(beauty.trie, beauty.train) if prior == "pop" else None
     width = max(p.tokens.shape[1] for p in beauty.prompts(batch))
     which = [BATCH_CASES.index(case)] if batch == BATCH else range(SINGLES)  # batch-32 cases: a batch each
@@ -127,18 +128,19 @@ def test_a_tree_holding_every_child_takes_two_target_calls(beauty, make_decoder,
     they fit the widths, the tree holds every child and both rounds are accepted whatever the target's
     weights: 2 target calls per user."""
     trie, L = beauty.trie, beauty.trie.num_levels
-    K, N, depths = 10, 96, (1, 2, L - 2 if eos else L - 3)
+    K, N, depths, full = 10, 96, (1, 2, L - 2 if eos else L - 3), root_widths(FULL, trie)
     target = beauty.target if seed == 1 else make_decoder(beauty.vocab, seed=seed, **TARGET)
     below = descendants(trie, L - 2)  # below[j - 1]: descendants at SID level 2 + j of a level-2 state
-    widths = FULL + (N,) * (L - len(FULL))  # the tree's width at SID level l is widths[l - 1]
-    assert int(below[0][trie.ROOT]) <= FULL[0] <= N and L >= len(FULL)
+    widths = full + (N,) * (L - len(full))  # the tree's width at SID level l is widths[l - 1]
+    assert int(below[0][trie.ROOT]) <= full[0] <= N and L >= len(full)
     prior = popularity_prior(trie, beauty.train)
     for prompts in beauty.batched[:CALL_BATCHES]:
         states, live = level2_beams(target, trie, prompts, K)
         assert live.all()
         last = L if eos else L - 1  # the deepest SID level round 2 drafts
         fits = torch.stack([(below[j - 1][states] * live).sum(dim=1) <= widths[1 + j] for j in range(1, last - 1)]).all(0)
-        engine = SpecEngine(target, TrieDrafter(inputs(trie, N, prior=prior)), trie, decode(K=K, N=N, gamma=2, depths=depths, widths=FULL, eos=eos))
+        engine = SpecEngine(target, TrieDrafter(inputs(trie, N, prior=prior)), trie,
+                            decode(K=K, N=N, gamma=2, depths=depths, widths=full, eos=eos))
         _, stats = engine.run(prompts)
         levels_table(stats, L, max(depths), eos)
         calls = stats.target_calls()
@@ -305,8 +307,9 @@ def test_a_sampled_level_carries_the_law_it_was_drawn_from(temperature):
 
 
 def test_first_round_cut_keeps_the_most_popular_codes(beauty):
-    """Beauty's root (91 codes) cut to 30, then 12: the kept nodes are the best by prior."""
+    """The root's codes cut to 30, then 12: the kept nodes are the best by prior."""
     trie, N, widths = beauty.trie, 40, (30, 12, 40)
+    assert root_codes(trie) > widths[0]  # the cut binds
     prior = popularity_prior(trie, beauty.train)
     drafter = TrieDrafter(inputs(trie, N, prior=prior))
     engine = SpecEngine(beauty.target, drafter, trie, decode(K=10, N=N, gamma=3, widths=widths[:2]))
@@ -315,7 +318,7 @@ def test_first_round_cut_keeps_the_most_popular_codes(beauty):
     assert tree.fed == widths
     B = tree.tokens.shape[0]
     offsets = torch.tensor(beauty.vocab.level_offsets())
-    root_children = trie.next_state[trie.ROOT][trie.next_state[trie.ROOT] >= 0]  # (91,)
+    root_children = trie.next_state[trie.ROOT][trie.next_state[trie.ROOT] >= 0]  # (root_codes(trie),)
     best = prior[root_children].topk(widths[0]).values
     level0 = trie.next_state[trie.ROOT, tree.tokens[:, 0, :widths[0]] - offsets[0]]  # (B, 30) states
     assert tree.valid[:, 0, :widths[0]].all() and not tree.valid[:, 0, widths[0]:].any()

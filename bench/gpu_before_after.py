@@ -44,7 +44,8 @@ def worker(args) -> None:
     target = target.bf16_inference() if args.bf16 else target.eval()
     new_api = "batch" in inspect.signature(bench.make_engine).parameters
     out = {"src": args.src, "new_api": new_api}
-    for graphs in (True, False) if args.device == "cuda" else (False,):
+    engines = {"graphs": True, "eager": False}
+    for graphs in [engines[e] for e in args.engines.split(",") if args.device == "cuda" or e == "eager"]:
         for mode in MODES:
             if new_api:
                 from recspec.config import DecodeConfig, EngineConfig
@@ -58,7 +59,16 @@ def worker(args) -> None:
             out[f"{mode}-{'graphs' if graphs else 'eager'}"] = {
                 "times_ms": [t * 1e3 for t in run.times_s], "sids": run.sids,
                 "target_calls": run.stats.summary()["target_calls"]}
-    torch.cuda.synchronize() if args.device == "cuda" else None
+        if args.profile and not graphs:  # where an eager AR call's host time goes
+            import cProfile
+            import pstats
+
+            engine = bench.make_engine("ar", target, None, cat, 10, cfg, 1) if new_api else \
+                bench.make_engine("ar", target, None, cat, 10, bench.BenchConfig(), args.device)
+            call = bench.engine_call(engine, cat, test, args.device)
+            prof = cProfile.Profile()
+            prof.runcall(lambda: [call([i]) for i in range(min(20, args.users))])
+            pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     with open(args.json, "w") as f:
         json.dump(out, f)
 
@@ -114,6 +124,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=200, help="test users timed per mode (batch 1)")
     ap.add_argument("--passes", type=int, default=2, help="before/after alternations")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 inference (Decoder.bf16_inference)")
+    ap.add_argument("--engines", default="graphs,eager", help="graph-replayed and/or eager rounds")
+    ap.add_argument("--profile", action="store_true", help="print where an eager AR call's host time goes, per version")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--src", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
@@ -130,7 +142,8 @@ def main() -> None:
             path = os.path.join(tmp, f"{name}{p}.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--src", src, "--ckpt", ckpt, "--json", path,
                    "--data", args.data, "--device", args.device, "--users", str(args.users),
-                   "--bf16" if args.bf16 else "--no-bf16", "--before", args.before]
+                   "--bf16" if args.bf16 else "--no-bf16", "--before", args.before, "--engines", args.engines]
+            cmd += ["--profile"] if args.profile else []
             subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": ""})
             with open(path) as f:
                 runs[name].append(json.load(f))
@@ -141,11 +154,13 @@ def main() -> None:
             continue
         mode, engine = key.rsplit("-", 1)
         med = {n: statistics.median([t for r in runs[n] for t in r[key]["times_ms"]]) for n in runs}
+        per_pass = {n: [round(statistics.median(r[key]["times_ms"]), 4) for r in runs[n]] for n in runs}
         same = sum(a == b for a, b in zip(runs["before"][0][key]["sids"], runs["after"][0][key]["sids"]))
         rows.append({"task": "topk", "mode": mode, **({"drafter": "trie"} if mode != "ar" else {}), "engine": engine,
                      "K": 10, "batch": 1, "eos": False, "gate": False, "users": args.users,
                      "median_ms_before": round(med["before"], 4), "median_ms_after": round(med["after"], 4),
                      "after_over_before": round(med["after"] / med["before"], 4),
+                     "median_ms_per_pass_before": per_pass["before"], "median_ms_per_pass_after": per_pass["after"],
                      "lists_identical": same, "target_calls": round(runs["after"][0][key]["target_calls"], 4),
                      **quality(args, runs["after"][0][key]["sids"])})
     sys.path.insert(0, os.path.join(HERE, "..", "src"))

@@ -21,14 +21,13 @@ from collections import Counter
 
 import torch
 
-from recspec.config import ModelConfig
+from recspec.config import DecodeConfig, ModelConfig, TreeConfig
 from recspec.data.datasets import load_sequential
 from recspec.data.sids import SIDIndex
 from recspec.data.trie import SIDTrie, build_trie
 from recspec.data.vocab import Prompts, Vocab, build_prompts
 from recspec.decoding.beam_search import BeamResult, beam_search
-from recspec.decoding.drafters.draft_model import DraftModelDrafter
-from recspec.decoding.spec_beam import spec_beam_search
+from recspec.decoding.engine import build_engine
 from recspec.decoding.stats import SpecStats
 from recspec.errors import CheckpointError, RecSpecError
 from recspec.models.decoder import Decoder
@@ -92,7 +91,8 @@ def compare(target: Decoder, draft: Decoder, trie: SIDTrie, prompts: list[Prompt
     kinds, max_diff, invalid, stats, t0 = Counter(), 0.0, 0, SpecStats(), time.perf_counter()
     user = first_user
     for p, ref in zip(prompts, refs):
-        got, st = spec_beam_search(target, DraftModelDrafter(draft, trie, N), trie, p, K, N, gamma)
+        cfg = DecodeConfig(K=K, tree=TreeConfig(draft_beams=N, gamma=gamma))
+        got, st = build_engine(target, trie, cfg, draft).run(p)
         for b in range(len(ref.sids)):
             kind = classify(ref, got, b)
             kinds[kind] += 1

@@ -299,3 +299,57 @@ def test_extend_mask_is_the_parent_view_plus_itself():
     mask = extend_mask(parent_mask, parents, slots)
     assert [torch.nonzero(m).flatten().tolist() for m in mask[0]] == [[0, 1, 5, 6], [0, 1, 4, 7], [0, 1, 3, 5]]
     assert parent_mask.sum() == 6  # the parent masks are not modified
+
+
+# --- rule objects ---------------------------------------------------------------------------------------
+def _one_level_tree(parents, tokens, valid):
+    """A DraftTree of one level (B = 1) from lists."""
+    from recspec.decoding.tree import DraftTree
+
+    t = lambda x, dt=torch.long: torch.tensor([[x]], dtype=dt)  # noqa: E731  (1, d=1, N)
+    return DraftTree(tokens=t(tokens), parents=t(parents), valid=t(valid, torch.bool))
+
+
+def test_rules_are_the_configs_choices():
+    from recspec.config import VERIFY_RULES
+    from recspec.decoding.verify import RULES, RelaxedSampling, StrictTopK, make_rule
+
+    assert tuple(RULES) == VERIFY_RULES
+    assert isinstance(make_rule("strict"), StrictTopK) and make_rule("strict").sampling is None
+    rule = make_rule("relaxed", 0.5)
+    assert isinstance(rule, RelaxedSampling) and rule.sampling.temperature == 0.5
+    with pytest.raises(ValueError, match="unknown verification rule 'greedy'"):
+        make_rule("greedy")
+
+
+def test_strict_rule_accepts_a_level_only_when_it_holds_the_target_top_k():
+    """Two beams, V = 4. The target's top-2 extensions are (beam 1, token 2) and (beam 0, token 2).
+    A level drafting both (among others) is accepted, each new beam pointing at its node; a level
+    missing one is not, and the new beams are the target's own either way."""
+    from recspec.decoding.verify import StrictTopK
+
+    logp = torch.log_softmax(torch.tensor([[[0.0, -3.0, 1.0, -1.0], [-2.0, -1.0, 2.0, -4.0]]]), dim=-1)
+    cand = candidate_scores(torch.tensor([[0.0, -0.2]]), logp, torch.ones(1, 2, 4, dtype=torch.bool))
+    beam_node = torch.arange(2)[None]  # level 0: the current beams are the tree's roots
+    held = _one_level_tree([0, 1, 0], [3, 2, 2], [True, True, True])
+    c = StrictTopK().choose(cand, 2, held, 0, beam_node, torch.tensor([True]))
+    assert c.parent.tolist() == [[1, 0]] and c.token.tolist() == [[2, 2]]
+    assert c.ok.tolist() == [True] and c.node.tolist() == [[1, 2]]
+    missing = _one_level_tree([0, 1, 0], [3, 2, 1], [True, True, True])
+    c2 = StrictTopK().choose(cand, 2, missing, 0, beam_node, torch.tensor([True]))
+    assert c2.ok.tolist() == [False] and c2.node.tolist() == [[1, -1]]
+    assert torch.equal(c2.parent, c.parent) and torch.equal(c2.token, c.token)
+    bonus = StrictTopK().choose(cand, 2, held, 1, beam_node, torch.tensor([False]))  # below the tree
+    assert bonus.ok.tolist() == [False] and bonus.node.tolist() == [[-1, -1]] and torch.equal(bonus.token, c.token)
+
+
+def test_relaxed_rule_without_a_tree_is_the_target_sampling_step():
+    """No tree level: the rule's K beams are K draws without replacement from the target's cumulative
+    log-probs / temperature (gumbel_topk with the same generator state)."""
+    from recspec.decoding.verify import RelaxedSampling
+
+    cand = torch.log_softmax(torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+    c = RelaxedSampling(0.7, torch.Generator().manual_seed(1)).choose(cand, 3, None, 0, torch.arange(2)[None], torch.ones(3, dtype=torch.bool))
+    logits = cand.reshape(3, 10) / 0.7
+    want = gumbel_topk(logits - logits.logsumexp(dim=1, keepdim=True), 3, torch.Generator().manual_seed(1))
+    assert torch.equal(c.parent * 5 + c.token, want) and not c.ok.any()

@@ -231,14 +231,15 @@ class RelaxedSampling:
         return Choice(parent, token, node, (node >= 0).all(dim=1))
 
 
-RULES = {"strict": StrictTopK, "relaxed": RelaxedSampling}  # config.VERIFY_RULES
+# config.VERIFY_RULES: name -> the rule, from (temperature, generator) (a rule takes what it needs)
+RULES = {"strict": lambda temperature, generator: StrictTopK(), "relaxed": RelaxedSampling}
 
 
 def make_rule(name: str, temperature: float = 1.0, generator: torch.Generator | None = None) -> VerifyRule:
-    """DecodeConfig.verify -> its rule object."""
+    """DecodeConfig.verify -> its rule object (a new rule: one class above and one entry in RULES)."""
     if name not in RULES:
         raise ValueError(f"unknown verification rule {name!r}; choose from {', '.join(RULES)}")
-    return StrictTopK() if name == "strict" else RelaxedSampling(float(temperature), generator)
+    return RULES[name](float(temperature), generator)
 
 
 def relaxed_inputs(tree: DraftTree, j: int, beam_node: torch.Tensor, M: int, V: int):

@@ -12,7 +12,7 @@ import torch
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
-from recspec.decoding.drafters.select import select_nodes
+from recspec.decoding.drafters.select import level_widths, select_nodes
 from recspec.decoding.handoff import Frontier, Sampling, Verdict
 from recspec.decoding.prompt import prefill, prompt_key_mask
 from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, pad_rows, path_mask, stack_levels
@@ -73,7 +73,7 @@ class DraftModelDrafter:
         logp, mask = self._frontier_logp(frontier)
         scores, states = frontier.scores, frontier.states
         B, V, N = scores.shape[0], logp.shape[-1], self.N
-        widths = tuple(min(w, N) for w in widths) if widths else (N,) * depth
+        widths = level_widths(widths, depth, N)
         P = max(N, scores.shape[1])
         levels: list[tuple] = []
         keep = min(N, int(self.expand * frontier.scores.shape[1])) if self.expand > 0 else N

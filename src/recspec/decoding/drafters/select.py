@@ -28,3 +28,9 @@ def select_nodes(cand: torch.Tensor, n: int, sampling: Sampling | None):
     score = flat.gather(1, picks)
     draws = torch.arange(n, device=cand.device).expand(B, -1)
     return picks, score, draws, logq.reshape(B, P, X)
+
+
+def level_widths(widths: tuple[int, ...] | None, depth: int, N: int) -> tuple[int, ...]:
+    """The nodes a drafter proposes at each of `depth` tree levels: the round plan's widths (None: N each),
+    none wider than the tree's N."""
+    return tuple(min(w, N) for w in widths) if widths else (N,) * depth

@@ -19,7 +19,7 @@ import torch
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import PAD, Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
-from recspec.decoding.drafters.select import select_nodes
+from recspec.decoding.drafters.select import level_widths, select_nodes
 from recspec.decoding.handoff import Frontier, Sampling, Verdict
 from recspec.decoding.tree import DraftTree, Layout, pad_rows, stack_levels
 
@@ -67,7 +67,7 @@ class TrieDrafter:
         sample = sampling is not None
         scores, states = frontier.scores, frontier.states  # (B, M)
         N, V = self.N, self.trie.vocab_size
-        widths = tuple(min(w, N) for w in widths) if widths else (N,) * depth
+        widths = level_widths(widths, depth, N)
         P = max(N, scores.shape[1])
         levels = []
         for w in widths:

@@ -9,6 +9,7 @@ statistics and `mismatches`: users whose list differs from AR's (strict must be 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from recspec.config import DecodeConfig
+from recspec.config import DecodeConfig, TreeConfig
 from recspec.data.catalog import Catalog
 from recspec.data.datasets import Example
 from recspec.data.exclusion import history_rows
@@ -238,3 +239,28 @@ def _speedups(rows: list[dict]) -> None:
             r["speedup_vs_ar"] = round(by["ar"] / r["median_ms"], 3)
         if "hf" in by and r["mode"] != "hf":
             r["speedup_vs_hf"] = round(by["hf"] / r["median_ms"], 3)
+
+
+@dataclass(frozen=True)
+class BenchBlock:
+    """One timed block of a benchmark plan: a `run_bench` call on one batch size and set of Ks. A plan is a
+    list of blocks, most wanted first; scripts pick blocks by label."""
+
+    label: str  # names the block in rows and logs
+    batch: int  # users per call
+    Ks: tuple[int, ...]  # beams
+    users: int  # users timed per (mode, K)
+    modes: tuple[str, ...] = MODES  # "ar", "spec-strict", "spec-relaxed", "hf"
+    drafts: dict = field(default_factory=dict, hash=False)  # drafter name -> draft model or "trie" (run_bench's draft)
+    hf_users: int = 0  # users for transformers' generate (0: as many as the other modes)
+    compile: bool = False  # rounds through torch.compile (captured as graphs where the base config says so)
+    eos: bool = False  # every mode also scores <eos> after the L codes (an (L+1)-th call, as transformers' generate)
+    tree: TreeConfig = TreeConfig()  # the draft tree (all None: the auto shape)
+    relaxed_beams: int = 0  # N for "spec-relaxed" (0: the tree's)
+
+    def bench_config(self, base: DecodeConfig, **fields) -> BenchConfig:
+        """The block's BenchConfig: `base` with this block's tree, compile and eos; other BenchConfig fields
+        (warmup, tie_tol, ...) by name."""
+        decode = dataclasses.replace(base.replace(compile=self.compile, eos=self.eos), tree=self.tree)
+        return BenchConfig(Ks=self.Ks, batches=(self.batch,), users=self.users, modes=self.modes,
+                           hf_users=self.hf_users, relaxed_beams=self.relaxed_beams, decode=decode, **fields)

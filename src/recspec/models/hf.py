@@ -150,6 +150,27 @@ def load_checkpoint(folder: str | os.PathLike, device="cpu", dtype=torch.float32
     return model.to(device=device, dtype=dtype).eval(), meta
 
 
+INFERENCE_PRECISIONS = ("fp32", "bf16", "bf16-all")  # for_inference / load_for_inference
+
+
+def for_inference(model: Decoder, precision: str = "fp32") -> Decoder:
+    """In place: a model ready to decode, in eval mode with fused q/k/v and gate/up GEMMs. precision: "fp32";
+    "bf16" (`Decoder.bf16_inference`: bf16 layers, fp32 residual stream, final norm and LM head); "bf16-all"
+    (every weight bf16, the norm and LM head included: what bench/gpu_bench.py has always timed)."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        return model.bf16_inference()
+    if precision == "bf16-all":
+        model = model.to(torch.bfloat16)
+    return model.eval().fuse_for_inference()
+
+
+def load_for_inference(folder: str | os.PathLike, device="cpu", precision: str = "fp32") -> Decoder:
+    """`load_checkpoint` (fp32 weights on `device`), then `for_inference(model, precision)`."""
+    return for_inference(load_checkpoint(folder, device=device)[0], precision)
+
+
 def check_fits(meta: CheckpointMeta | None, vocab: Vocab, fingerprint: str, where: str) -> None:
     """Refuse a checkpoint whose vocabulary or SID index differs from the data's."""
     if meta is None:

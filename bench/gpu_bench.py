@@ -17,26 +17,25 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, replace
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from recspec.config import ModelConfig, TrainConfig  # noqa: E402
+from recspec.config import DecodeConfig, ModelConfig, TrainConfig, TreeConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.data.vocab import build_prompts  # noqa: E402
 from recspec.decoding.beam_search import beam_search  # noqa: E402
-from recspec.evaluation.bench import BenchConfig, make_engine, run_bench  # noqa: E402
+from recspec.evaluation.bench import BenchBlock, BenchConfig, make_engine, run_bench  # noqa: E402
 from recspec.evaluation.evaluate import evaluate  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
-from recspec.models.hf import load_checkpoint  # noqa: E402
+from recspec.evaluation.timing import ar_step_ms, copy_bandwidth, kernel_profile, step_floor_ms  # noqa: E402
+from recspec.models.hf import load_checkpoint, load_for_inference  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
 from recspec.training.train import train  # noqa: E402
 
@@ -53,22 +52,6 @@ def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
-@dataclass(frozen=True)
-class Block:
-    """One timed block of the plan: a run_bench call on one batch size and set of Ks."""
-
-    label: str  # names the block in rows and logs (--blocks selects by it)
-    batch: int  # users per call
-    Ks: tuple[int, ...]  # beams
-    users: int  # users timed per (mode, K)
-    hf_users: int  # users for transformers' generate (0: not timed)
-    compiled: bool  # rounds through torch.compile (captured as graphs on the GPU)
-    modes: tuple[str, ...]  # "ar", "spec-strict", "spec-relaxed", "hf"
-    drafts: dict  # drafter name -> draft model or "trie"
-    shape: dict  # BenchConfig tree-shape fields
-    eos: bool = False  # every mode also scores <eos> after the L codes (an (L+1)-th call, as transformers' generate)
-
-
 def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, Decoder]:
     """fp32 training (TF32 matmuls). Not bf16 autocast: models trained under autocast here scored
     ~0 Recall@10 once evaluated outside it (bench/gpu_probe.py), fp32-trained ones do not.
@@ -82,48 +65,30 @@ def train_model(cat, shape, out, cfg: TrainConfig, seed: int) -> tuple[Decoder, 
     best32.eval()
     test = list(cat.data.test)[:200]
     log("test (200 users) fp32:", evaluate(best32, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
-    best = load_checkpoint(res.checkpoint, device=DEV)[0].to(torch.bfloat16).eval().fuse_for_inference()
+    best = load_for_inference(res.checkpoint, DEV, "bf16-all")  # every weight bf16 (the rows so far were timed so)
     log("test (200 users) bf16:", evaluate(best, cat.trie, cat.vocab, cat.index, test, K=10, ks=(10,)))
     return best, best32
 
 
-def fp32_exactness(target32, draft32: "Decoder | str", cat, examples, K: int, users: int, shape: dict) -> dict:
+def fp32_exactness(target32, draft32: "Decoder | str", cat, examples, K: int, users: int, tree: TreeConfig) -> dict:
     """AR vs strict speculative beam search, both graph-replayed, in fp32 (TF32 off) on the GPU: lists must match.
-    shape: BenchConfig's tree fields (none set: the auto shape)."""
+    tree: the draft tree (none set: the auto shape)."""
     from gpu_exactness import exactness, true_fp32
 
-    cfg = BenchConfig(cuda_graphs=DEV == "cuda", **shape)
+    cfg = BenchConfig(decode=DecodeConfig(tree=tree).replace(cuda_graphs=DEV == "cuda"))
     with true_fp32():
         return {"K": K, **exactness(target32, draft32, cat, examples, K, 1, users, cfg, DEV)}
 
 
-def copy_bandwidth() -> float:
-    """Bytes/s of a large device-to-device copy (read + write counted); nan off the GPU."""
-    if DEV != "cuda":
-        return float("nan")
-    x = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    ts = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); y.copy_(x); b.record(); torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return 2 * x.numel() / statistics.median(ts)
+def prompts_of(cat, examples, n: int = 1):
+    """The first n users' prompts on the device."""
+    return build_prompts(cat.vocab, cat.index, [e.history for e in examples[:n]]).to(DEV)
 
 
-def ar_step_ms(target, cat, examples, K: int, compile: bool = False) -> float:
-    """Median time of one graph-replayed AR decode round (K tokens, batch 1); nan off the GPU."""
-    if DEV != "cuda":
-        return float("nan")
-    eng = make_engine("ar", target, None, cat, K, BenchConfig(cuda_graphs=True, compile=compile), "cuda")
-    prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
-    eng.run(prompts)  # captures (first, 0) and (later, 0)
-    from gpu_round_profile import graph_ms
-
-    later = next(g for key, g in eng._graphs.items() if key[0] is False and key[1] == 0)  # a non-first AR round
-    return graph_ms(later, reps=50, skip=10)
+def ar_engine(target, cat, K: int, compile: bool, graphs: bool):
+    """An AR engine of K beams (compiled rounds or not; captured as graphs or launched eagerly)."""
+    cfg = BenchConfig(decode=DecodeConfig().replace(cuda_graphs=graphs, compile=compile))
+    return make_engine("ar", target, None, cat, K, cfg)
 
 
 def smoke(cat, examples):
@@ -133,51 +98,15 @@ def smoke(cat, examples):
                             intermediate_size=128)).to(DEV).eval()
     d = Decoder(ModelConfig(vocab_size=cat.vocab.size, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                             intermediate_size=64)).to(DEV).eval()
-    prompts = build_prompts(cat.vocab, cat.index, [e.history for e in examples[:8]]).to(DEV)
+    prompts = prompts_of(cat, examples, 8)
     ref = beam_search(t, cat.trie.to(DEV), prompts, 10).sids
     for graphs in (False, True) if DEV == "cuda" else (False,):  # the draft model in a small uniform tree, the trie in auto
-        for drafter, cfg in ((d, BenchConfig(draft_beams=20)), ("trie", BenchConfig())):
-            eng = make_engine("spec-strict", t, drafter, cat, 10, replace(cfg, cuda_graphs=graphs), DEV)
+        for drafter, cfg in ((d, DecodeConfig(tree=TreeConfig(draft_beams=20))), ("trie", DecodeConfig())):
+            eng = make_engine("spec-strict", t, drafter, cat, 10, BenchConfig(decode=cfg.replace(cuda_graphs=graphs)))
             for _ in range(2):
                 res, _ = eng.run(prompts)
                 assert torch.equal(res.sids, ref), f"graphs={graphs}: spec strict ({drafter}) != beam search"
     log("smoke ok: eager and graph-replayed strict spec (draft model and trie drafters) equal beam search")
-
-
-def kernel_profile(target, cat, examples, K: int, compile: bool) -> dict:
-    """Where a whole AR call's device time goes: kernel time by kind (GEMM / attention / other) over
-    5 calls of eager-launched (compiled) rounds, per call; {} off the GPU or if the profiler fails."""
-    if DEV != "cuda":
-        return {}
-    try:
-        from torch.profiler import ProfilerActivity, profile
-
-        eng = make_engine("ar", target, None, cat, K, BenchConfig(compile=compile), "cuda")
-        prompts = build_prompts(cat.vocab, cat.index, [examples[0].history]).to("cuda")
-        for _ in range(3):
-            eng.run(prompts)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                eng.run(prompts)
-            torch.cuda.synchronize()
-        kinds: dict[str, float] = {}
-        top = []
-        for e in prof.key_averages():
-            us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            if not us:
-                continue
-            name = e.key.lower()
-            kind = "gemm" if any(w in name for w in ("gemm", "nvjet", "cutlass", "sm90_x", "gemv", "splitk")) else \
-                "attention" if any(w in name for w in ("attention", "flash", "fmha", "sdpa")) else "other"
-            kinds[kind] = kinds.get(kind, 0.0) + us / 5 / 1e3
-            top.append((us / 5 / 1e3, e.key[:80], e.count // 5))
-        top.sort(reverse=True)
-        return {"ms_per_call_by_kind": {k: round(v, 4) for k, v in kinds.items()},
-                "top_kernels": [{"ms": round(a, 4), "name": b, "launches": c} for a, b, c in top[:12]],
-                "kernels_per_call": sum(c for _, _, c in top)}
-    except Exception as exc:  # the profile is a diagnosis, not a result: never lose the run to it
-        return {"error": repr(exc)}
 
 
 def main():
@@ -253,33 +182,37 @@ def main():
     rest = tuple(k for k in Ks if k != 10)
     # tree shapes: batch 1 the auto shape (levels drafted whole where they fit the budget: the trie drafter
     # enumerates them); batch 64 (compute-bound) a small model-drafted tree
-    b1 = dict(draft_beams=args.N1, gamma=args.gamma1, draft_expand=args.expand1, depths=depths1, widths=widths1,
-              tree_budget=args.tree_budget1)
-    b64 = dict(draft_beams=40, gamma=args.gamma, draft_expand=2.0, depths=(), widths=(), relaxed_beams=args.relaxed_beams)
+    b1 = TreeConfig(draft_beams=args.N1, gamma=args.gamma1, expand=args.expand1, depths=depths1, widths=widths1,
+                    budget=args.tree_budget1)
+    b64 = TreeConfig(draft_beams=40, gamma=args.gamma, expand=2.0, depths=(), widths=())
     both, trie_only, ce_only = {"trie": "trie", "ce": draft}, {"trie": "trie"}, {"ce": draft}
     strict_hf, relaxed = ("ar", "spec-strict", "hf"), ("ar", "spec-relaxed")
     # the plan, most wanted first; --blocks picks a subset (nothing is skipped by the clock)
-    blocks = [Block("b1-K10", 1, (10,), args.users, args.hf_users, False, strict_hf, both, b1),
-              Block("b1-K10-compiled", 1, (10,), args.users, args.hf_users, True, ("ar", "spec-strict", "hf"), trie_only, b1),
-              Block("b1-K10-eos", 1, (10,), args.users, args.hf_users, False, strict_hf, trie_only, b1, eos=True),
-              Block("b1-K10-compiled-eos", 1, (10,), args.users, 0, True, ("ar", "spec-strict"), trie_only, b1, eos=True),
-              Block("b1-K10-relaxed", 1, (10,), args.users, 0, False, relaxed, trie_only, b1),
-              Block("b64-K10", args.big_batch, (10,), args.users_b64, 128, False, BenchConfig.modes, both, b64),
-              Block("b1", 1, rest, args.users, args.hf_users, False, strict_hf, both, b1),
-              Block("b1-relaxed", 1, rest, args.users, 0, False, relaxed, trie_only, b1),
-              Block("b64", args.big_batch, rest, args.users_b64, 128, False, BenchConfig.modes, ce_only, b64)]
+    big = dict(batch=args.big_batch, users=args.users_b64, hf_users=128, tree=b64, relaxed_beams=args.relaxed_beams)
+    one = dict(batch=1, users=args.users, tree=b1)
+    blocks = [BenchBlock(label="b1-K10", Ks=(10,), hf_users=args.hf_users, modes=strict_hf, drafts=both, **one),
+              BenchBlock(label="b1-K10-compiled", Ks=(10,), hf_users=args.hf_users, compile=True, modes=strict_hf,
+                         drafts=trie_only, **one),
+              BenchBlock(label="b1-K10-eos", Ks=(10,), hf_users=args.hf_users, modes=strict_hf, drafts=trie_only, eos=True,
+                         **one),
+              BenchBlock(label="b1-K10-compiled-eos", Ks=(10,), compile=True, modes=("ar", "spec-strict"), drafts=trie_only,
+                         eos=True, **one),
+              BenchBlock(label="b1-K10-relaxed", Ks=(10,), modes=relaxed, drafts=trie_only, **one),
+              BenchBlock(label="b64-K10", Ks=(10,), drafts=both, **big),
+              BenchBlock(label="b1", Ks=rest, hf_users=args.hf_users, modes=strict_hf, drafts=both, **one),
+              BenchBlock(label="b1-relaxed", Ks=rest, modes=relaxed, drafts=trie_only, **one),
+              BenchBlock(label="b64", Ks=rest, drafts=ce_only, **big)]
     wanted = set(filter(None, args.blocks.split(",")))
     unknown = wanted - {b.label for b in blocks}
     if unknown:
         raise SystemExit(f"error: --blocks {args.blocks!r}: unknown block(s) {sorted(unknown)}")
-    blocks = [b for b in blocks if b.Ks and (not wanted or b.label in wanted) and not (args.no_compile and b.compiled)]
+    blocks = [b for b in blocks if b.Ks and (not wanted or b.label in wanted) and not (args.no_compile and b.compile)]
     rows = []
     step = floor_ms = float("nan")
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(DEV)
+    base = DecodeConfig(temperature=args.temperature).replace(cuda_graphs=DEV == "cuda")
     for b in blocks:
-        cfg = BenchConfig(Ks=b.Ks, batches=(b.batch,), users=b.users, warmup=3, compile=b.compiled, modes=b.modes,
-                          cuda_graphs=DEV == "cuda", hf_users=b.hf_users, tie_tol=args.tie_tol,
-                          temperature=args.temperature, eos=b.eos, **b.shape)
+        cfg = b.bench_config(base, warmup=3, tie_tol=args.tie_tol)
         t1 = time.time()
         try:
             new = run_bench(target, b.drafts, cat, test, cfg, device=DEV, hf_model=hf, on_row=lambda r: log(r),
@@ -288,22 +221,22 @@ def main():
             traceback.print_exc()
             new = []
         for r in new:
-            r.update(compiled=b.compiled, block=b.label, gate=False)
+            r.update(compiled=b.compile, block=b.label, gate=False)
             if r["mode"] == "spec-relaxed":
                 r["temperature"] = args.temperature
         rows += new
         log(f"block {b.label}: {time.time() - t1:.0f} s")
         if b.label == "b1-K10-compiled" or (args.no_compile and b.label == "b1-K10"):  # the AR step against its floor
-            floor_ms = tp * 2 / bw * 1e3
+            floor_ms = step_floor_ms(tp, 2, bw)
             try:
-                step = ar_step_ms(target, cat, test, 10, b.compiled)
+                step = ar_step_ms(ar_engine(target, cat, 10, b.compile, graphs=DEV == "cuda"), prompts_of(cat, test))
             except Exception:  # a diagnosis, not a result: never lose the run to it
                 traceback.print_exc()
             for r in rows:
                 if r["block"] == b.label and r["mode"] == "ar":
                     r.update(step_ms=round(step, 4), step_floor_ms=round(floor_ms, 4), step_floor_ratio=round(step / floor_ms, 3))
         write_results(rows, os.path.join(args.out, "gpu_topk_partial.json"), DEV, command="partial", extra={})
-    profile = kernel_profile(target, cat, test, 10, not args.no_compile)
+    profile = kernel_profile(ar_engine(target, cat, 10, not args.no_compile, graphs=False), prompts_of(cat, test))
     log("AR call kernel profile:", json.dumps(profile))
     exact = {name: fp32_exactness(target32, d32, cat, test, 10, args.exact_users, b1)
              for name, d32 in (("trie", "trie"), ("ce", draft32))}

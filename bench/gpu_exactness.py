@@ -19,17 +19,17 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from recspec.config import ModelConfig, TrainConfig  # noqa: E402
+from recspec.config import DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.evaluation.bench import BenchConfig, count_mismatches, engine_call, make_engine, time_calls  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
-from recspec.models.hf import load_checkpoint  # noqa: E402
+from recspec.models.hf import load_for_inference  # noqa: E402
 from recspec.training.train import train  # noqa: E402
 
 TARGET = dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=1376)
 DRAFT = dict(hidden_size=128, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=344)
-# (label, K, batch, users, BenchConfig overrides): the benchmark's batch-1 tree (auto: from the catalogue's
+# (label, K, batch, users, DecodeConfig fields): the benchmark's batch-1 tree (auto: from the catalogue's
 # trie and K) and its batch-64 tree
 CASES = [
     ("b1-auto", 10, 1, 400, dict()),
@@ -49,7 +49,7 @@ def trained(cat, shape, out, steps, seed) -> Decoder:
     cfg = TrainConfig(epochs=20, batch_size=128, lr=2e-3, warmup_steps=50, eval_users=200, max_steps=steps)
     res = train(model, cat.data, cat.index, cat.vocab, cat.trie, cfg, out, progress=False)
     log("trained", out, res.steps, "steps", round(res.best_recall10, 4))
-    return load_checkpoint(res.checkpoint, device="cuda")[0].eval().fuse_for_inference()
+    return load_for_inference(res.checkpoint, "cuda", "fp32")
 
 
 @contextlib.contextmanager
@@ -69,7 +69,7 @@ def exactness(target, draft, cat, examples, K: int, batch: int, users: int, cfg:
     """AR vs strict speculative beam search through the engine path `cfg` sets, user by user: users whose
     lists differ, of them within 1e-4 at the first differing rank, the largest score gap, target calls."""
     batches = [list(range(s, s + batch)) for s in range(0, users, batch)]
-    runs = {m: time_calls(engine_call(make_engine(m, target, draft, cat, K, cfg, device), cat, examples, device),
+    runs = {m: time_calls(engine_call(make_engine(m, target, draft, cat, K, cfg, batch), cat, examples, device),
                           batches, 2, device) for m in ("ar", "spec-strict")}
     diff, ties = count_mismatches(runs["ar"], runs["spec-strict"], 1e-4)
     gap = max(abs(a - b) for x, y in zip(runs["ar"].scores, runs["spec-strict"].scores) for a, b in zip(x, y)
@@ -92,7 +92,8 @@ def main() -> None:
     rows = []
     for label, K, batch, users, over in CASES:
         with true_fp32():
-            res = exactness(target, draft, cat, test, K, batch, users, BenchConfig(cuda_graphs=True, **over))
+            cfg = BenchConfig(decode=DecodeConfig().replace(cuda_graphs=True, **over))
+            res = exactness(target, draft, cat, test, K, batch, users, cfg)
         rows.append({"task": "topk-exactness", "case": label, "mode": "spec-strict", "K": K, "batch": batch,
                      "compiled": bool(over.get("compile")), **res})
         log(rows[-1])

@@ -11,19 +11,21 @@ import argparse
 import os
 import shutil
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from gpu_bench import ar_step_ms, copy_bandwidth, log  # noqa: E402
-from recspec.config import ModelConfig, TrainConfig  # noqa: E402
+from gpu_bench import log  # noqa: E402
+from recspec.config import DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
+from recspec.data.vocab import build_prompts  # noqa: E402
+from recspec.evaluation.bench import BenchConfig, make_engine  # noqa: E402
 from recspec.evaluation.evaluate import evaluate  # noqa: E402
+from recspec.evaluation.timing import ar_step_ms, copy_bandwidth, step_floor_ms  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
-from recspec.models.hf import load_checkpoint  # noqa: E402
+from recspec.models.hf import for_inference, load_checkpoint  # noqa: E402
 from recspec.training.train import train  # noqa: E402
 
 SHAPES = {
@@ -73,15 +75,17 @@ def main():
     diff = max(float((a - b).abs().max()) for a, b in zip(m.state_dict().values(), last.state_dict().values()))
     log("max |in-memory - reloaded last| weight diff", diff)
     # 3. AR step vs floor per shape
-    bw = copy_bandwidth()
+    bw = copy_bandwidth("cuda")
+    prompts = build_prompts(cat.vocab, cat.index, [test[0].history]).to("cuda")
+    graphs = BenchConfig(decode=DecodeConfig().replace(cuda_graphs=True))
     rows = []
     for name, shape in SHAPES.items():
         torch.manual_seed(0)
         t = Decoder(ModelConfig(vocab_size=cat.vocab.size, max_positions=256, **shape)).cuda()
-        t = t.to(torch.bfloat16).eval().fuse_for_inference()
+        t = for_inference(t, "bf16-all")
         p = t.cfg.num_parameters()
-        step = ar_step_ms(t, cat, test, 10)
-        floor = p * 2 / bw * 1e3
+        step = ar_step_ms(make_engine("ar", t, None, cat, 10, graphs), prompts)
+        floor = step_floor_ms(p, 2, bw)
         rows.append((name, p / 1e6, step, floor))
         del t
         torch.cuda.empty_cache()

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from recspec.config import ModelConfig, TrainConfig  # noqa: E402
+from recspec.config import DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from recspec.data.catalog import open_catalog  # noqa: E402
 from recspec.decoding.drafters import TRIE  # noqa: E402
 from recspec.evaluation.bench import BenchConfig, run_bench  # noqa: E402
@@ -97,7 +97,8 @@ def baselines(cat, args, dev: str, result: dict):
 
 def speed(model16, model32, cat, args, dev: str, gate: bool) -> list[dict]:
     cfg = BenchConfig(Ks=(10,), batches=(1, 32) if not args.cpu_smoke else (1,), users=args.users,
-                      modes=("ar", "spec-strict"), cuda_graphs=dev == "cuda", exclude_history=args.exclude_history)
+                      modes=("ar", "spec-strict"),
+                      decode=DecodeConfig(exclude_history=args.exclude_history).replace(cuda_graphs=dev == "cuda"))
     rows = run_bench(model16, TRIE, cat, list(cat.data.test), cfg, device=dev, reference=model32)
     for r in rows:
         r["gate"] = gate

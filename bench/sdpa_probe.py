@@ -60,7 +60,7 @@ def main():
         from recspec.data.catalog import open_catalog
         from recspec.data.vocab import build_prompts
         from recspec.decoding.prompt import prefill
-        from recspec.models.hf import load_checkpoint
+        from recspec.models.hf import for_inference, load_checkpoint
         cat = open_catalog(".data/beauty")
         m, _ = load_checkpoint(sys.argv[1], device="cuda")
         p = build_prompts(cat.vocab, cat.index, [e.history for e in list(cat.data.test)[:64]]).to("cuda")
@@ -70,7 +70,7 @@ def main():
             _, f32 = prefill(m, p, p.tokens.shape[1] + 8)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 _, ac = prefill(m, p, p.tokens.shape[1] + 8)
-            _, b16 = prefill(m.to(torch.bfloat16).fuse_for_inference(), p, p.tokens.shape[1] + 8)
+            _, b16 = prefill(for_inference(m, "bf16-all"), p, p.tokens.shape[1] + 8)
         for name, x in (("fp32", f32), ("autocast", ac), ("bf16", b16)):
             top = (x.topk(10).indices.sort().values == ref.topk(10).indices.sort().values).all(1).float().mean()
             print(f"model prefill logp {name:8s} rel err {rel(x, ref):.2e}  same top-10 set {float(top):.2f}")

@@ -21,17 +21,16 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from recspec.config import parse_depths  # noqa: E402
-from recspec.evaluation.bench import (BenchConfig, engine_call, make_engine, row_for, shape_columns,  # noqa: E402
-                                      time_calls, tree_shape)
+from recspec.config import DecodeConfig, TreeConfig, parse_depths  # noqa: E402
+from recspec.evaluation.bench import BenchConfig, engine_call, make_engine, row_for, time_calls  # noqa: E402
 from recspec.evaluation.evaluate import target_sids  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
 from recspec.models.hf import check_fits, load_checkpoint  # noqa: E402
 from recspec.recommender import Recommender  # noqa: E402
 
 
-def parse_grid(text: str) -> list[BenchConfig]:
-    """'auto,auto:128,40:2:1,40:1/3/2:0:40/16' -> one BenchConfig per entry: the auto shape (default budget,
+def parse_grid(text: str) -> list[TreeConfig]:
+    """'auto,auto:128,40:2:1,40:1/3/2:0:40/16' -> one TreeConfig per entry: the auto shape (default budget,
     then 128), N 40 depth 2 expand 1, and N 40 with depths (1, 3, 2) by starting level, expand 0, at most
     40 nodes at SID level 1 and 16 at level 2."""
     out = []
@@ -39,11 +38,11 @@ def parse_grid(text: str) -> list[BenchConfig]:
         try:
             if part.split(":")[0] == "auto":
                 budget = part.split(":")[1:]
-                out.append(BenchConfig(tree_budget=int(budget[0]) if budget else None))
+                out.append(TreeConfig(budget=int(budget[0]) if budget else None))
                 continue
             n, g, e, *w = part.split(":")
             depths, widths = parse_depths(g, "/"), parse_depths(w[0], "/", "widths") if w else ()
-            out.append(BenchConfig(draft_beams=int(n), gamma=depths[-1], depths=depths, draft_expand=float(e), widths=widths))
+            out.append(TreeConfig(draft_beams=int(n), gamma=depths[-1], depths=depths, expand=float(e), widths=widths))
         except (ValueError, IndexError):
             raise SystemExit(f"--grid entry {part!r}: expected auto, auto:BUDGET or N:gamma:expand[:widths], e.g. 40:2:1 "
                              "or 40:1/3/2:0:40/16")
@@ -55,17 +54,16 @@ def sweep(target, catalog, draft, examples, K: int, batch: int, grid, users: int
     """-> rows: "ar" first, then one "spec-strict" row per grid entry (with its tree: draft_beams, depths, widths, ...)."""
     gt = target_sids(catalog.trie, examples)
     batches = [list(range(s, s + batch)) for s in range(0, users - users % batch or batch, batch)]
-    base = BenchConfig(cuda_graphs=graphs)
-    ar = time_calls(engine_call(make_engine("ar", target, None, catalog, K, base, device), catalog,
-                                examples, device), batches, warmup, device)
-    rows = [row_for("ar", K, batch, ar, gt, None)]
-    for entry in grid:
-        cfg = replace(entry, cuda_graphs=graphs)
-        eng = make_engine("spec-strict", target, draft, catalog, K, cfg, device)
+    base = BenchConfig(decode=DecodeConfig().replace(cuda_graphs=graphs))
+    ar = time_calls(engine_call(make_engine("ar", target, None, catalog, K, base, batch), catalog, examples, device),
+                    batches, warmup, device)
+    rows = [row_for("ar", base.cell("ar", K, batch), ar, gt, None)]
+    for tree in grid:
+        cfg = replace(base, decode=replace(base.decode, tree=tree))
+        eng = make_engine("spec-strict", target, draft, catalog, K, cfg, batch)
         run = time_calls(engine_call(eng, catalog, examples, device), batches, warmup, device)
-        row = row_for("spec-strict", K, batch, run, gt, ar)
-        row.update(shape_columns(tree_shape("spec-strict", K, cfg, catalog, device)), tree="auto" if entry.draft_beams is None else "given",
-                   speedup_vs_ar=round(rows[0]["median_ms"] / row["median_ms"], 3))
+        row = row_for("spec-strict", cfg.cell("spec-strict", K, batch), run, gt, ar, shape=eng.shape)
+        row.update(tree="given" if tree.explicit else "auto", speedup_vs_ar=round(rows[0]["median_ms"] / row["median_ms"], 3))
         rows.append(row)
         print(f"K={K:2d} N={row['draft_beams']:3d} depths={row['depths']:9s} widths={row['widths']:15s} "
               f"expand={row['expand']:3.1f}  {row['median_ms']:8.2f} ms  "

@@ -61,3 +61,19 @@ def test_round_profiler_runs(shared_datasets, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = json.loads((tmp_path / "gpu_round_profile.json").read_text())["rows"]
     assert {r["mode"] for r in rows} == {"ar", "spec-strict"} and any(r.get("widths") for r in rows)
+
+
+def test_tree_sweep_times_ar_then_each_tree(shared_datasets, make_decoder):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from tree_sweep import parse_grid, sweep
+
+    from recspec.data.catalog import open_catalog
+
+    cat = open_catalog(str(shared_datasets / "beauty"))
+    target = make_decoder(cat.vocab, seed=1)
+    grid = parse_grid("auto,20:1/2:1:20/12")
+    rows = sweep(target, cat, "trie", list(cat.data.test), 10, 1, grid, users=2, warmup=0, device="cpu", graphs=False)
+    assert [r["mode"] for r in rows] == ["ar", "spec-strict", "spec-strict"]
+    assert [r["tree"] for r in rows[1:]] == ["auto", "given"]
+    assert (rows[2]["draft_beams"], rows[2]["depths"], rows[2]["widths"]) == (20, "1/2", "20/12")
+    assert all(r["mismatches"] == 0 for r in rows[1:])  # strict: AR's lists

@@ -32,8 +32,6 @@ def worker(args) -> None:
     sys.path.insert(0, os.path.abspath(args.src))
     import inspect
 
-    import torch
-
     from recspec.data.catalog import open_catalog
     from recspec.evaluation import bench
     from recspec.models.hf import load_checkpoint

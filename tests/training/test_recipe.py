@@ -8,8 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from recspec.config import ModelConfig, TrainConfig
-from recspec.evaluation.evaluate import evaluate
+from recspec.config import ModelConfig
 from recspec.training.loop import lr_at
 from recspec.training.train import next_token_loss, train
 from recspec.training.windows import build_windows

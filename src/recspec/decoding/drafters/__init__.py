@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from recspec.data.trie import SIDTrie
-from recspec.decoding.drafters import draft_model, trie_drafter  # noqa: F401  (they register themselves)
 from recspec.decoding.drafters.base import DRAFTERS, Drafter, DrafterInputs
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
 from recspec.decoding.drafters.trie_drafter import TrieDrafter

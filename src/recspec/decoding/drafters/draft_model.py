@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
 from recspec.decoding.drafters.select import level_widths, select_nodes
@@ -18,7 +17,6 @@ from recspec.decoding.prompt import prefill, prompt_key_mask
 from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, pad_rows, path_mask, stack_levels
 from recspec.decoding.verify import candidate_scores
 from recspec.errors import CheckpointError
-from recspec.models.decoder import Decoder
 
 
 @register("draft-model")

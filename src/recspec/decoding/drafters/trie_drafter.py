@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from recspec.data.trie import SIDTrie
 from recspec.data.vocab import PAD, Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
 from recspec.decoding.drafters.select import level_widths, select_nodes

@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 inference (Decoder.bf16_inference)")
     ap.add_argument("--engines", default="graphs,eager", help="graph-replayed and/or eager rounds")
     ap.add_argument("--profile", action="store_true", help="print where an eager AR call's host time goes, per version")
+    ap.add_argument("--pin-cpu", type=int, default=-1, help="run every timing process on this CPU core (taskset): "
+                    "eager rounds are host-bound, and cores differ")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--src", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
@@ -142,6 +144,7 @@ def main() -> None:
                    "--data", args.data, "--device", args.device, "--users", str(args.users),
                    "--bf16" if args.bf16 else "--no-bf16", "--before", args.before, "--engines", args.engines]
             cmd += ["--profile"] if args.profile else []
+            cmd = ["taskset", "-c", str(args.pin_cpu)] + cmd if args.pin_cpu >= 0 else cmd  # one core for both versions
             subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": ""})
             with open(path) as f:
                 runs[name].append(json.load(f))

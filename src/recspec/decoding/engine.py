@@ -139,13 +139,17 @@ class SpecEngine:
         """The loaded batch's current beams as the next round's drafter sees them (first: before any round)."""
         return frontier(self.beams, self.lay, not first, self.banned if self.masked else None)
 
+    def reset(self) -> None:
+        """Before the first round: the loaded prompts' key mask, and K empty beams per user."""
+        B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
+        self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
+        self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, dev))
+
     # --- one round ----------------------------------------------------------------------------
     def round(self, plan: RoundPlan) -> None:
         """Run one round on the loaded batch, eagerly (or with fixed shapes), and update the beams in place."""
         if plan.first:  # inside the round, so a graph of the first round captures the set-up too
-            B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
-            self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
-            self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, dev))
+            self.reset()
         active = self.beams.level < self.lay.end
         beams, verdict = self._round_fn(self.state(), self.beams, plan, not self.static)
         self.beams.copy_(beams)

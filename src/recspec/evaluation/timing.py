@@ -18,8 +18,7 @@ import torch
 from recspec.data.vocab import Prompts
 from recspec.decoding.engine import SpecEngine
 from recspec.decoding.handoff import Beams, Verdict
-from recspec.decoding.prompt import prompt_key_mask
-from recspec.decoding.round import RoundPlan, commit, frontier, initial_beams, propose, score, verify
+from recspec.decoding.round import RoundPlan, commit, frontier, propose, score, verify
 
 PHASES = ("propose", "score", "verify", "commit")  # phase_ms's keys, in round order
 
@@ -193,7 +192,7 @@ def measure_phases(engine: SpecEngine, prompts: Prompts, plan: RoundPlan, measur
     measure(fn) runs fn at least once (e.g. `kernel_count`, `wall_ms`, `replay_ms`)."""
     engine.load(prompts)
     if plan.first:
-        _first_round_setup(engine)
+        engine.reset()
     else:
         engine.round(start or engine.plan(0, True))
     beams, _, figures = round_by_phases(engine, plan, measure)
@@ -225,11 +224,3 @@ def round_by_phases(engine: SpecEngine, plan: RoundPlan, measure: Measure) -> tu
         else:
             figures[name] = measure(steps[name])
     return box["out"][0], box["out"][1], figures
-
-
-def _first_round_setup(engine: SpecEngine) -> None:
-    """What the first round sets before its phases (`SpecEngine.round`): prompt keys and empty beams."""
-    s = engine.state()
-    s.keys.copy_(prompt_key_mask(s.prompts, s.lay.slots))
-    B, dev = s.prompts.tokens.shape[0], s.prompts.tokens.device
-    engine.beams.copy_(initial_beams(B, engine.K, s.lay.L, s.lay, s.trie.ROOT, dev))

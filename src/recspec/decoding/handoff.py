@@ -75,3 +75,4 @@ class Verdict:
     copy_src: torch.Tensor  # (B, J * K) tree slots of accepted nodes (sink: nothing)
     copy_dst: torch.Tensor  # (B, J * K) committed slots they move to (sink: nothing)
     accepted: torch.Tensor  # (B,) levels accepted this round
+    banned: torch.Tensor | None = None  # (B, S) the bans after the round's committed tokens (None: none)

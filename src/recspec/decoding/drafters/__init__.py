@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from recspec.data.trie import SIDTrie
+from recspec.decoding.constraints import Constraint
 from recspec.decoding.drafters.base import DRAFTERS, Drafter, DrafterInputs
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
 from recspec.decoding.drafters.trie_drafter import TrieDrafter
@@ -16,13 +16,13 @@ TRIE = "trie"  # the name that selects the model-free trie drafter wherever a dr
 MODEL = "draft-model"  # the drafter of a draft checkpoint
 
 
-def make_drafter(draft: Decoder | str, trie: SIDTrie, shape: TreeShape, prior: torch.Tensor | None = None) -> Drafter:
+def make_drafter(draft: Decoder | str, constraint: Constraint, shape: TreeShape, prior: torch.Tensor | None = None) -> Drafter:
     """draft: a draft `Decoder` (the "draft-model" drafter: beam search) or a `DRAFTERS` name, e.g. "trie"
     (the trie's children ranked by `prior`, e.g. `Catalog.popularity`; no model). shape: the tree."""
     name, model = (draft, None) if isinstance(draft, str) else (MODEL, draft)
     if name not in DRAFTERS:
         raise ValueError(f"unknown drafter {name!r}: give a draft model or one of {', '.join(sorted(DRAFTERS))}")
-    return DRAFTERS[name](DrafterInputs(trie=trie, shape=shape, model=model, prior=prior))
+    return DRAFTERS[name](DrafterInputs(constraint=constraint, shape=shape, model=model, prior=prior))
 
 
 def drafter_name(draft: Decoder | str | None) -> str | None:

@@ -1,0 +1,180 @@
+"""Greedy decoding under constraints, plain and speculative: the item-list and text constraints on hand-built
+cases, plain greedy as the reference, and greedy tree speculation (the engine at K = 1) equal to it user by
+user, for several drafters, batch sizes and the fixed shapes of graph replay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spec_checks import TOY, decode
+
+from recspec.data.datasets import load_sequential
+from recspec.data.exclusion import history_rows
+from recspec.data.trie import build_trie
+from recspec.data.vocab import EOS, Vocab, build_prompts
+from recspec.decoding.beam_search import beam_search
+from recspec.decoding.constraints import FreeText, ItemList, SIDConstraint
+from recspec.decoding.engine import build_engine
+from recspec.decoding.greedy import greedy_decode
+
+LIST_USERS = 200  # first test users whose lists are decoded
+M = 10  # items per list
+
+
+@pytest.fixture(scope="module")
+def toy_list():
+    vocab = Vocab.for_index(TOY)
+    trie = build_trie(TOY, vocab)
+    return vocab, trie
+
+
+def tokens_of(vocab, codes) -> list[int]:
+    """One item's codes -> its token ids."""
+    return [int(t) for t in vocab.item_tokens(torch.tensor([codes]).numpy())[0]]
+
+
+# --- the item-list constraint --------------------------------------------------------------------------------
+def test_list_steps_through_items_and_eos(toy_list):
+    """item (its L codes) then <eos>, M times; a leaf allows only <eos>; after M items nothing is allowed."""
+    vocab, trie = toy_list
+    c = ItemList(trie, 2)
+    assert c.num_levels == 2 * (trie.num_levels + 1)
+    state = torch.tensor([[c.ROOT]])
+    bans = c.initial_bans(None, 1, "cpu")
+    for item in ([0, 2], [2, 1]):
+        for tok in tokens_of(vocab, item):
+            assert c.allowed(state, bans)[0, 0, tok]
+            state = c.step(state, torch.tensor([[tok]]))
+            bans = c.advance_bans(bans, state)
+        allowed = c.allowed(state, bans)[0, 0]
+        assert allowed.nonzero().flatten().tolist() == [EOS]  # a finished item: only <eos>
+        state = c.step(state, torch.tensor([[EOS]]))
+    assert not c.allowed(state, bans).any()  # M items: done
+    assert c.outputs(torch.tensor([[tokens_of(vocab, [0, 2]) + [EOS] + tokens_of(vocab, [2, 1]) + [EOS]]])).tolist() \
+        == [[[int(trie.leaf_sid[trie.walk(torch.tensor(tokens_of(vocab, i)))]) for i in ([0, 2], [2, 1])]]]
+
+
+def test_list_never_repeats_an_item_nor_enters_a_used_up_prefix(toy_list):
+    """After items (0,0), (0,1), (0,2) (every item under code 0), code 0 is no longer allowed at the root;
+    after (1,0) only (1,2) is left under code 1."""
+    vocab, trie = toy_list
+    c = ItemList(trie, 5)
+    state, bans = torch.tensor([[c.ROOT]]), c.initial_bans(None, 1, "cpu")
+    a0 = tokens_of(vocab, [0, 0])[0]
+    for item in ([0, 0], [0, 1], [0, 2], [1, 0]):
+        for tok in tokens_of(vocab, item) + [EOS]:
+            state = c.step(state, torch.tensor([[tok]]))
+            bans = c.advance_bans(bans, state)
+    root = c.allowed(state, bans)[0, 0]
+    assert not root[a0] and root[tokens_of(vocab, [1, 0])[0]] and root[tokens_of(vocab, [2, 1])[0]]
+    state = c.step(state, torch.tensor([[tokens_of(vocab, [1, 0])[0]]]))
+    second = c.allowed(state, bans)[0, 0].nonzero().flatten().tolist()
+    assert second == [tokens_of(vocab, [1, 2])[1]]
+
+
+def test_a_token_not_allowed_ends_the_list(toy_list):
+    vocab, trie = toy_list
+    c = ItemList(trie, 3)
+    state = c.step(torch.tensor([[c.ROOT]]), torch.tensor([[EOS]]))  # <eos> at the root: not allowed
+    assert not c.allowed(state, c.initial_bans(None, 1, "cpu")).any()
+
+
+def test_free_text_ends_at_eos_and_never_emits_banned_tokens():
+    c = FreeText(vocab_size=6, length=4, eos=2, banned_tokens=(0, 1))
+    state = torch.tensor([[0]])
+    assert c.allowed(state).tolist() == [[[False, False, True, True, True, True]]]
+    state = c.step(state, torch.tensor([[2]]))
+    assert c.allowed(state).tolist() == [[[False, False, True, False, False, False]]]  # after <eos>: <eos>
+
+
+# --- plain greedy, the reference ------------------------------------------------------------------------------
+def test_greedy_on_one_item_is_beam_search_with_one_beam(beauty):
+    for prompts in beauty.batched[:2]:
+        want = beam_search(beauty.target, beauty.trie, prompts, 1)
+        got = greedy_decode(beauty.target, SIDConstraint(beauty.trie), prompts)
+        assert torch.equal(got.sids, want.sids) and torch.equal(got.codes, want.codes)
+        torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def lists(beauty, sequential_dataset):
+    """The first LIST_USERS test users' histories and prompts in batches of 16 and of 1, and the target's
+    greedy lists (the reference), with and without their history items."""
+    data, _ = load_sequential(sequential_dataset)
+    hist = [e.history for e in data.test[:LIST_USERS]]
+    c = ItemList(beauty.trie, M)
+    out = {}
+    for batch in (16, 1):
+        prompts = [build_prompts(beauty.vocab, beauty.index, hist[i:i + batch]) for i in range(0, len(hist), batch)]
+        if batch == 1:
+            prompts = prompts[:40]  # batch 1 runs the first 40 users: the same code path, 40x the calls
+        rows = [history_rows(beauty.trie, hist[i * batch:(i + 1) * batch]) for i in range(len(prompts))]
+        refs = [greedy_decode(beauty.target, c, p) for p in prompts]
+        refs_x = [greedy_decode(beauty.target, c, p, exclude=r) for p, r in zip(prompts, rows)]
+        out[batch] = (prompts, rows, refs, refs_x)
+    return c, hist, out
+
+
+def test_greedy_lists_hold_m_distinct_real_items(beauty, lists):
+    c, hist, out = lists
+    prompts, rows, refs, refs_x = out[16]
+    for b, (ref, ref_x) in enumerate(zip(refs, refs_x)):
+        for u, (items, items_x) in enumerate(zip(ref.sids[:, 0].tolist(), ref_x.sids[:, 0].tolist())):
+            assert len(set(items)) == M and min(items) >= 0
+            assert len(set(items_x)) == M and not rows[b][u, items_x].any()  # no history item
+
+
+# --- greedy tree speculation ----------------------------------------------------------------------------------
+SPEC_CASES = [("random", 4, 3, 16, False), ("noisy", 4, 4, 16, False), ("self", 8, 5, 16, True),
+              ("noisy", 3, 4, 1, False), ("random", 4, 2, 1, True)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draft,N,gamma,batch,fixed", SPEC_CASES,
+                         ids=[f"{c[0]}-N{c[1]}-g{c[2]}-b{c[3]}-{'fixed' if c[4] else 'eager'}" for c in SPEC_CASES])
+def test_greedy_speculation_on_lists_equals_greedy(beauty, lists, draft, N, gamma, batch, fixed):
+    """Every user's list (and the one without history items) is the target's greedy list, token for token;
+    an accurate draft is accepted more than a random one."""
+    c, hist, out = lists
+    prompts, rows, refs, refs_x = out[batch]
+    width = max(p.tokens.shape[1] for p in prompts)
+    cfg = decode(K=1, N=N, gamma=gamma, fixed_shapes=fixed, prompt_width=width if fixed else None)
+    engine = build_engine(beauty.target, c, cfg, beauty.drafts[draft])
+    accepted = []
+    for p, r, ref, ref_x in zip(prompts, rows, refs, refs_x):
+        for exclude, want in ((None, ref), (r, ref_x)):
+            got, stats = engine.run(p, exclude=exclude)
+            same = (got.codes == want.codes).all(dim=-1)[:, 0]
+            assert same.all(), f"users {(~same).nonzero().flatten().tolist()} differ from greedy"
+            torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=1e-6)  # 50 summed log-probs
+            acc = torch.stack(stats.accepted, 1)
+            accepted.append(acc[acc >= 0].float().mean())
+    if draft == "self":  # the target drafting for itself: most of every tree is accepted
+        assert torch.stack(accepted).mean() > 1.0
+
+
+def test_greedy_speculation_on_text_equals_greedy(make_decoder):
+    """No constraint (text over a vocabulary): speculation with a random and a noisy draft equals greedy."""
+    V = 40
+    target = make_decoder(V, seed=11, num_layers=2)
+    draft = make_decoder(V, seed=12)
+    c = FreeText(vocab_size=V, length=24, eos=2, banned_tokens=(0, 1))
+    gen = torch.Generator().manual_seed(0)
+    rows = [[1] + torch.randint(3, V, (n,), generator=gen).tolist() for n in (5, 9, 3, 12, 7, 4)]
+    T = max(map(len, rows))
+    from recspec.data.vocab import Prompts
+
+    prompts = Prompts(torch.tensor([[0] * (T - len(r)) + r for r in rows]), torch.tensor([len(r) for r in rows]))
+    want = greedy_decode(target, c, prompts)
+    for d in (draft, target):
+        got, stats = build_engine(target, c, decode(K=1, N=4, gamma=4), d).run(prompts)
+        assert torch.equal(got.codes, want.codes)
+        torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
+    assert (torch.stack(stats.accepted, 1) > 0).any()  # the target as its own draft: trees are accepted
+
+
+def test_auto_shape_needs_one_item(beauty):
+    with pytest.raises(ValueError, match="explicit shape"):
+        build_engine(beauty.target, ItemList(beauty.trie, 2), decode(K=1), beauty.drafts["random"])
+    with pytest.raises(ValueError, match="distinct lists"):
+        build_engine(beauty.target, ItemList(beauty.trie, 2), decode(K=2, N=4, gamma=2), beauty.drafts["random"])

@@ -82,7 +82,7 @@ class SpecEngine:
         self.target, self.drafter, self.constraint, self.cfg, self.shape = target, drafter, constraint, cfg, shape
         self.trie = getattr(constraint, "trie", None)  # the SID trie where there is one (exclusions are SID rows)
         self.K, self.N, self.eos = K, shape.N, cfg.eos
-        self.rule = make_rule(cfg.verify, cfg.temperature, generator)
+        self.rule = make_rule(cfg, generator)
         self.gamma_max = max((shape.gamma, *shape.depths))  # tree slots the layout reserves
         self.graphs_on = opts.cuda_graphs
         self.prompt_width = opts.prompt_width if opts.prompt_width is not None or not (opts.cuda_graphs or opts.compile) \

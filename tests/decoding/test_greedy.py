@@ -11,9 +11,10 @@ from spec_checks import TOY, decode
 from recspec.data.datasets import load_sequential
 from recspec.data.exclusion import history_rows
 from recspec.data.trie import build_trie
-from recspec.data.vocab import EOS, Vocab, build_prompts
+from recspec.data.vocab import EOS, Vocab, build_prompts, sequence_tokens
 from recspec.decoding.beam_search import beam_search
 from recspec.decoding.constraints import FreeText, ItemList, SIDConstraint
+from recspec.decoding.drafters import NGramTable
 from recspec.decoding.engine import build_engine
 from recspec.decoding.greedy import greedy_decode
 
@@ -125,8 +126,24 @@ def test_greedy_lists_hold_m_distinct_real_items(beauty, lists):
 
 
 # --- greedy tree speculation ----------------------------------------------------------------------------------
+def list_table(beauty) -> NGramTable:
+    """An n-gram table of the training histories' token streams (items and <eos>), orders 4, 3, 2."""
+    return NGramTable.build([sequence_tokens(beauty.vocab, beauty.index, h) for h in beauty.train if h], (4, 3, 2), 4)
+
+
+def test_ngram_table_counts_and_backs_off():
+    """Continuations by count (ties by token id), the longest matching context first, -1 where unseen."""
+    table = NGramTable.build([[5, 6, 7], [5, 6, 8], [9, 6, 8], [6, 7], [2, 6, 8]], orders=(3, 2), width=3)
+    look = lambda ctx: table.lookup(torch.tensor([ctx])).tolist()[0]  # noqa: E731
+    assert look([5, 6]) == [7, 8, -1]  # order 3: (5, 6) -> 7 once, 8 once: ties by id
+    assert look([9, 6]) == [8, -1, -1]  # order 3: only 8 followed (9, 6)
+    assert look([1, 6]) == [8, 7, -1]  # (1, 6) unseen: order 2's (6,) -> 8 three times, 7 twice
+    assert look([1, 3]) == [-1, -1, -1]  # neither (1, 3) nor (3,) seen
+    with pytest.raises(ValueError, match="orders must be >= 2"):
+        NGramTable.build([[1, 2]], orders=(1,))
+
 SPEC_CASES = [("random", 4, 3, 16, False), ("noisy", 4, 4, 16, False), ("self", 8, 5, 16, True),
-              ("noisy", 3, 4, 1, False), ("random", 4, 2, 1, True)]
+              ("ngram", 8, 4, 16, False), ("noisy", 3, 4, 1, False), ("random", 4, 2, 1, True), ("ngram", 4, 3, 1, True)]
 
 
 @pytest.mark.slow
@@ -139,7 +156,7 @@ def test_greedy_speculation_on_lists_equals_greedy(beauty, lists, draft, N, gamm
     prompts, rows, refs, refs_x = out[batch]
     width = max(p.tokens.shape[1] for p in prompts)
     cfg = decode(K=1, N=N, gamma=gamma, fixed_shapes=fixed, prompt_width=width if fixed else None)
-    engine = build_engine(beauty.target, c, cfg, beauty.drafts[draft])
+    engine = build_engine(beauty.target, c, cfg, beauty.drafts[draft] if draft != "ngram" else list_table(beauty))
     accepted = []
     for p, r, ref, ref_x in zip(prompts, rows, refs, refs_x):
         for exclude, want in ((None, ref), (r, ref_x)):
@@ -166,7 +183,8 @@ def test_greedy_speculation_on_text_equals_greedy(make_decoder):
 
     prompts = Prompts(torch.tensor([[0] * (T - len(r)) + r for r in rows]), torch.tensor([len(r) for r in rows]))
     want = greedy_decode(target, c, prompts)
-    for d in (draft, target):
+    table = NGramTable.build([r[1:] + want.codes[i, 0].tolist()[:8] for i, r in enumerate(rows)], (3, 2), 3)
+    for d in (table, draft, target):
         got, stats = build_engine(target, c, decode(K=1, N=4, gamma=4), d).run(prompts)
         assert torch.equal(got.codes, want.codes)
         torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)

@@ -73,10 +73,11 @@ def frontier(beams: Beams, lay: Layout, pending: bool, banned: torch.Tensor | No
     """The beams as this round sees them: the newest level's tokens are pending (fed this round) unless
     it is the first round."""
     if not pending:
-        return Frontier(None, None, beams.path, beams.scores, beams.states, beams.level, banned)
+        return Frontier(None, None, beams.path, beams.scores, beams.states, beams.level, banned, beams.codes)
     lvl = beams.level.clamp(1, lay.L)
     tokens = beams.codes.gather(2, (lvl - 1)[:, None, None].expand(-1, beams.codes.shape[1], 1))[..., 0]
-    return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level, banned)
+    return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level, banned,
+                    beams.codes)
 
 
 def propose(s: RoundState, f: Frontier, plan: RoundPlan) -> DraftTree | None:

@@ -28,6 +28,7 @@ class DrafterInputs:
     shape: TreeShape  # the tree every round may draft (N nodes per level; expand)
     model: Decoder | None = None  # a draft checkpoint (model drafters)
     prior: torch.Tensor | None = None  # (S,) log P(child state | parent state), e.g. `Catalog.popularity`
+    table: object | None = None  # an n-gram table (`drafters.ngram.NGramTable`), for retrieval drafters
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "constraint", as_constraint(self.constraint))  # a bare SID trie: one item

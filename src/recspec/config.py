@@ -183,8 +183,9 @@ class DecodeConfig:
         """A copy with fields changed; tree.* and engine.* fields by name (`cfg.replace(K=5, gamma=2)`)."""
         tree = {k: changes.pop(k) for k in list(changes) if k in _TREE_FIELDS}
         engine = {k: changes.pop(k) for k in list(changes) if k in _ENGINE_FIELDS}
-        return dataclasses.replace(self, **changes, tree=dataclasses.replace(self.tree, **tree),
-                                   engine=dataclasses.replace(self.engine, **engine))
+        base_tree, base_engine = changes.pop("tree", self.tree), changes.pop("engine", self.engine)
+        return dataclasses.replace(self, **changes, tree=dataclasses.replace(base_tree, **tree),
+                                   engine=dataclasses.replace(base_engine, **engine))
 
 
 _TREE_FIELDS = {f.name for f in dataclasses.fields(TreeConfig)}

@@ -148,7 +148,7 @@ class EngineConfig:
         return self.cuda_graphs or self.compile or self.fixed_shapes
 
 
-VERIFY_RULES = ("strict", "relaxed")  # DecodeConfig.verify: decoding/verify.py RULES
+VERIFY_RULES = ("strict", "relaxed", "topk-beta")  # DecodeConfig.verify: decoding/verify.py RULES
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,16 @@ class DecodeConfig:
 
     K: int = 10  # target beams = items returned per user
     batch_size: int = 32  # users decoded together
-    verify: str = "strict"  # "strict" (exactly the target's beam search) or "relaxed" (its sampling beam search)
+    verify: str = "strict"  # "strict" (exactly the target's beam search), "relaxed" (its sampling beam search),
+    #                         "topk-beta" (greedy, K = 1: keep a drafted token within the top accept_k above accept_beta)
     temperature: float = 1.0  # relaxed: sample from cumulative log-probs / temperature (-> top-K as it -> 0)
     seed: int = 0  # relaxed verification's sampling
     eos: bool = False  # score <eos> after an item's L codes, an (L+1)-th target call (transformers' generate);
     #                    off: L calls, an item's score is the sum of its code log-probs (every item has L codes)
     exclude_history: bool = False  # never recommend an item of the user's history (the trie is pruned per user);
     #                                off: history items may be recommended, as the model ranks them
+    accept_k: int = 2  # topk-beta: a drafted token may rank up to accept_k-th under the target (1: greedy exactly)
+    accept_beta: float = 0.1  # topk-beta: ... and must have a target probability above accept_beta
     tree: TreeConfig = TreeConfig()  # the draft tree (speculative modes; ignored without a drafter)
     engine: EngineConfig = EngineConfig()  # eager, CUDA graphs, compile
 
@@ -180,8 +183,9 @@ class DecodeConfig:
         """A copy with fields changed; tree.* and engine.* fields by name (`cfg.replace(K=5, gamma=2)`)."""
         tree = {k: changes.pop(k) for k in list(changes) if k in _TREE_FIELDS}
         engine = {k: changes.pop(k) for k in list(changes) if k in _ENGINE_FIELDS}
-        return dataclasses.replace(self, **changes, tree=dataclasses.replace(self.tree, **tree),
-                                   engine=dataclasses.replace(self.engine, **engine))
+        base_tree, base_engine = changes.pop("tree", self.tree), changes.pop("engine", self.engine)
+        return dataclasses.replace(self, **changes, tree=dataclasses.replace(base_tree, **tree),
+                                   engine=dataclasses.replace(base_engine, **engine))
 
 
 _TREE_FIELDS = {f.name for f in dataclasses.fields(TreeConfig)}

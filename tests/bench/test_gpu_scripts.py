@@ -77,3 +77,16 @@ def test_tree_sweep_times_ar_then_each_tree(shared_datasets, make_decoder):
     assert [r["tree"] for r in rows[1:]] == ["auto", "given"]
     assert (rows[2]["draft_beams"], rows[2]["depths"], rows[2]["widths"]) == (20, "1/2", "20/12")
     assert all(r["mismatches"] == 0 for r in rows[1:])  # strict: AR's lists
+
+
+def test_greedy_list_bench_runs_and_is_exact(shared_datasets, tmp_path):
+    """bench/gpu_greedy.py on the CPU: plain greedy and greedy speculation (draft model, n-gram) on lists;
+    every row exact (0 mismatches against plain greedy), ratios named against plain greedy."""
+    res = _run("gpu_greedy.py", "--cpu-smoke", "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads((tmp_path / "gpu_greedy_lists.json").read_text())
+    assert {(r["precision"], r["mode"], r.get("drafter")) for r in doc["rows"]} == \
+        {(p, "greedy", None) for p in ("fp32", "bf16")} | {(p, "spec-greedy", d) for p in ("fp32", "bf16")
+                                                          for d in ("draft-model", "ngram")}
+    assert all(r["mismatches"] == 0 and r["gate"] is False for r in doc["rows"])
+    assert all("speedup_vs_greedy" in r for r in doc["rows"] if r["mode"] == "spec-greedy")

@@ -311,15 +311,18 @@ def _one_level_tree(parents, tokens, valid):
 
 
 def test_rules_are_the_configs_choices():
-    from recspec.config import VERIFY_RULES
-    from recspec.decoding.verify import RULES, RelaxedSampling, StrictTopK, make_rule
+    from recspec.config import VERIFY_RULES, DecodeConfig
+    from recspec.decoding.verify import RULES, RelaxedSampling, StrictTopK, TopKBeta, make_rule
 
     assert tuple(RULES) == VERIFY_RULES
-    assert isinstance(make_rule("strict"), StrictTopK) and make_rule("strict").sampling is None
-    rule = make_rule("relaxed", 0.5)
+    assert isinstance(make_rule(DecodeConfig()), StrictTopK) and make_rule(DecodeConfig()).sampling is None
+    rule = make_rule(DecodeConfig(verify="relaxed", temperature=0.5))
     assert isinstance(rule, RelaxedSampling) and rule.sampling.temperature == 0.5
-    with pytest.raises(ValueError, match="unknown verification rule 'greedy'"):
-        make_rule("greedy")
+    assert make_rule(DecodeConfig(K=1, verify="topk-beta", accept_k=3, accept_beta=0.2)) == TopKBeta(3, 0.2)
+    with pytest.raises(ValueError, match="K must be 1"):
+        make_rule(DecodeConfig(K=2, verify="topk-beta"))
+    with pytest.raises(ValueError, match="verify must be one of"):
+        DecodeConfig(verify="greedy")
 
 
 def test_strict_rule_accepts_a_level_only_when_it_holds_the_target_top_k():
@@ -353,3 +356,45 @@ def test_relaxed_rule_without_a_tree_is_the_target_sampling_step():
     logits = cand.reshape(3, 10) / 0.7
     want = gumbel_topk(logits - logits.logsumexp(dim=1, keepdim=True), 3, torch.Generator().manual_seed(1))
     assert torch.equal(c.parent * 5 + c.token, want) and not c.ok.any()
+
+
+def _greedy_case(draft_tokens):
+    """One user, one beam, V = 5: target log-probs with ranks 2 > 0 > 3 > 1 > 4 (p = .6, .25, .1, .04, .01)
+    and a tree level drafting `draft_tokens` below the current node, in the draft's order."""
+    p = torch.tensor([0.25, 0.04, 0.6, 0.1, 0.01])
+    cand = (p.log() - 1.0)[None, None]  # (1, 1, 5): a beam score of -1 does not change ranks or p
+    n = len(draft_tokens)
+    return cand, _one_level_tree([0] * n, draft_tokens, [True] * n)
+
+
+@pytest.mark.parametrize("draft,k,beta,token,ok", [
+    ([2, 0], 2, 0.1, 2, True),   # the draft holds the argmax: greedy's own token, accepted
+    ([0, 3], 2, 0.1, 0, True),   # its first choice ranks 2nd with p .25 > .1: kept
+    ([0, 3], 1, 0.1, 2, False),  # k = 1: greedy exactly
+    ([3, 0], 2, 0.1, 2, False),  # first choice ranks 3rd: the target's argmax
+    ([0], 2, 0.3, 2, False),     # p .25 is not above beta .3
+    ([3], 3, 0.05, 3, True),     # 3rd with p .1 > .05 under k = 3: kept
+])
+def test_topk_beta_rule_named_cases(draft, k, beta, token, ok):
+    from recspec.decoding.verify import TopKBeta
+
+    cand, tree = _greedy_case(draft)
+    c = TopKBeta(k, beta).choose(cand, 1, tree, 0, torch.zeros(1, 1, dtype=torch.long), torch.tensor([True]))
+    assert c.token.tolist() == [[token]] and c.ok.tolist() == [ok] and c.parent.tolist() == [[0]]
+    if ok:
+        assert int(tree.tokens[0, 0, int(c.node)]) == token
+
+
+def test_topk_beta_with_k_one_is_greedy_on_random_trees():
+    from recspec.decoding.verify import StrictTopK, TopKBeta
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        cand = torch.log_softmax(torch.randn(4, 1, 6, generator=gen), dim=-1)
+        tokens = torch.stack([torch.randperm(6, generator=gen)[:3] for _ in range(4)])[:, None]  # (4, 1, 3)
+        from recspec.decoding.tree import DraftTree
+
+        tree = DraftTree(tokens=tokens, parents=torch.zeros_like(tokens), valid=torch.ones_like(tokens, dtype=torch.bool))
+        args = (cand, 1, tree, 0, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+        a, b = TopKBeta(1, 0.0).choose(*args), StrictTopK().choose(*args)
+        assert torch.equal(a.token, b.token) and torch.equal(a.ok, b.ok) and torch.equal(a.node, b.node)

@@ -48,15 +48,21 @@ def prefix_states(trie: SIDTrie) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
-def banned_states(trie: SIDTrie, rows: torch.Tensor) -> torch.Tensor:
-    """rows (B, U) bool SID rows user b may not get -> (B, S) bool: the states user b may not enter,
-    those with no allowed SID below them. The end state (after <eos>) is never banned. Device tensors,
-    no host sync: the engine fills its static buffer with this at load."""
+def live_counts(trie: SIDTrie, rows: torch.Tensor) -> torch.Tensor:
+    """rows (B, U) bool SID rows user b may not get -> (B, S) int32: the SIDs user b may get below each
+    state (0 at the end state)."""
     B, S = rows.shape[0], trie.next_state.shape[0]
     allowed = (~rows).int()  # (B, U)
     live = torch.zeros(B, S, dtype=torch.int32, device=rows.device)  # allowed SIDs below each state
     for prefix in prefix_states(trie).unbind(1):  # (U,) states of one prefix length
         live.scatter_add_(1, prefix.expand(B, -1), allowed)
-    banned = live == 0
+    return live
+
+
+def banned_states(trie: SIDTrie, rows: torch.Tensor) -> torch.Tensor:
+    """rows (B, U) bool SID rows user b may not get -> (B, S) bool: the states user b may not enter,
+    those with no allowed SID below them. The end state (after <eos>) is never banned. Device tensors,
+    no host sync: the engine fills its static buffer with this at load."""
+    banned = live_counts(trie, rows) == 0
     banned[:, trie.end_state] = False
     return banned

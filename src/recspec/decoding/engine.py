@@ -16,10 +16,10 @@ import torch
 
 from recspec.config import DecodeConfig
 from recspec.data.datasets import HISTORY_LEN
-from recspec.data.exclusion import banned_states
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import PAD, Prompts
-from recspec.decoding.beam_search import BeamResult, check_width
+from recspec.decoding.beam_search import BeamResult
+from recspec.decoding.constraints import Constraint, as_constraint
 from recspec.decoding.drafters import Drafter, make_drafter
 from recspec.decoding.handoff import Frontier
 from recspec.decoding.prompt import prompt_key_mask
@@ -31,20 +31,21 @@ from recspec.decoding.verify import make_rule
 from recspec.models.decoder import Decoder
 
 
-def build_engine(target: Decoder, trie: SIDTrie, cfg: DecodeConfig, draft: Decoder | str | None = None,
-                 prior: torch.Tensor | None = None) -> "SpecEngine":
-    """The engine `cfg` describes, on the target's device. draft: a draft `Decoder`, a drafter's registry
-    name ("trie"), or None (autoregressive beam search). prior: (S,) the trie drafter's ranking of
-    children (`Catalog.popularity`). The tree is cfg.tree's (auto: from the trie, K and the device's
-    budget); relaxed sampling draws from a generator seeded with cfg.seed, or from torch's global RNG
-    under graphs / compile (seed it with torch.manual_seed)."""
+def build_engine(target: Decoder, constraint: Constraint | SIDTrie, cfg: DecodeConfig,
+                 draft: Decoder | str | None = None, prior: torch.Tensor | None = None) -> "SpecEngine":
+    """The engine `cfg` describes, on the target's device. constraint: what is decoded (a SID trie: top-K
+    items; `constraints.ItemList`: a list; `constraints.FreeText`: text). draft: a draft `Decoder`, a
+    drafter's registry name ("trie", "ngram"), or None (no tree: plain beam search, greedy at K = 1).
+    prior: (S,) the trie drafter's ranking of children (`Catalog.popularity`). The tree is cfg.tree's
+    (auto: from the SID trie, K and the device's budget); relaxed sampling draws from a generator seeded
+    with cfg.seed, or from torch's global RNG under graphs / compile (seed it with torch.manual_seed)."""
     device = next(target.parameters()).device
-    trie = trie.to(device)
-    shape = tree_shape(cfg, trie, device) if draft is not None else no_tree(cfg.K)
-    drafter = make_drafter(draft, trie, shape, prior) if draft is not None else None
+    constraint = as_constraint(constraint).to(device)
+    shape = tree_shape(cfg, constraint, device) if draft is not None else no_tree(cfg.K)
+    drafter = make_drafter(draft, constraint, shape, prior) if draft is not None else None
     static = cfg.engine.cuda_graphs or cfg.engine.compile  # captured or compiled rounds: the global RNG
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
-    return SpecEngine(target, drafter, trie, cfg, shape, gen)
+    return SpecEngine(target, drafter, constraint, cfg, shape, gen)
 
 
 def longest_prompt(L: int) -> int:
@@ -53,7 +54,7 @@ def longest_prompt(L: int) -> int:
 
 
 class SpecEngine:
-    def __init__(self, target: Decoder, drafter: Drafter | None, trie: SIDTrie, cfg: DecodeConfig,
+    def __init__(self, target: Decoder, drafter: Drafter | None, constraint: Constraint | SIDTrie, cfg: DecodeConfig,
                  shape: TreeShape | None = None, generator: torch.Generator | None = None):
         """cfg: K, verify, temperature, eos and the engine options (cfg.engine); batch_size and
         exclude_history are the caller's (`run` takes the users and their exclusions).
@@ -63,26 +64,29 @@ class SpecEngine:
         these widths, also under graphs.
         generator: relaxed sampling's RNG (None: torch's global one; required under compile)."""
         K, opts = cfg.K, cfg.engine
-        shape = (tree_shape(cfg, trie, next(target.parameters()).device) if shape is None else shape) \
+        constraint = as_constraint(constraint)
+        shape = (tree_shape(cfg, constraint, next(target.parameters()).device) if shape is None else shape) \
             if drafter is not None else no_tree(K)
-        check_width(trie, K)
+        if not 1 <= K <= constraint.max_beams():
+            raise ValueError(f"K={K} must be between 1 and the number of distinct {constraint.unit} ({constraint.max_beams()})")
         if shape.N < K:
             raise ValueError(f"need draft beams N >= K (got N={shape.N}, K={K})")
-        if target.cfg.vocab_size != trie.vocab_size:
-            raise ValueError(f"target vocabulary ({target.cfg.vocab_size}) differs from the SID trie's ({trie.vocab_size})")
+        if target.cfg.vocab_size != constraint.vocab_size:
+            raise ValueError(f"target vocabulary ({target.cfg.vocab_size}) differs from the constraint's ({constraint.vocab_size})")
         if opts.compile and generator is not None:
             raise ValueError("compile=True samples from torch's global RNG (seed it with torch.manual_seed); pass generator=None")
         if any(w < 1 or w > shape.N for w in shape.widths):
             raise ValueError(f"tree widths must be in 1..N = {shape.N} (a tree level holds at most N nodes), got {shape.widths}")
         if shape.gamma < 0 or any(d < 0 for d in shape.depths):
             raise ValueError(f"draft depths must be >= 0, got gamma {shape.gamma}, depths {shape.depths}")
-        self.target, self.drafter, self.trie, self.cfg, self.shape = target, drafter, trie, cfg, shape
+        self.target, self.drafter, self.constraint, self.cfg, self.shape = target, drafter, constraint, cfg, shape
+        self.trie = getattr(constraint, "trie", None)  # the SID trie where there is one (exclusions are SID rows)
         self.K, self.N, self.eos = K, shape.N, cfg.eos
-        self.rule = make_rule(cfg.verify, cfg.temperature, generator)
+        self.rule = make_rule(cfg, generator)
         self.gamma_max = max((shape.gamma, *shape.depths))  # tree slots the layout reserves
         self.graphs_on = opts.cuda_graphs
         self.prompt_width = opts.prompt_width if opts.prompt_width is not None or not (opts.cuda_graphs or opts.compile) \
-            else longest_prompt(trie.num_levels)  # one buffer shape, one set of graphs
+            else longest_prompt(self.trie.num_levels if self.trie is not None else 0)  # one buffer shape, one set of graphs
         self.static = opts.static  # fixed shapes per round plan: no host sync in a round
         self._round_fn = _compiled_round() if opts.compile else spec_round
         self._shape: tuple[int, int] | None = None
@@ -90,13 +94,13 @@ class SpecEngine:
 
     # --- buffers ------------------------------------------------------------------------------
     def _allocate(self, B: int, T: int, device) -> None:
-        L = self.trie.num_levels
+        L = self.constraint.num_levels
         self.lay = Layout(T=T, L=L, K=self.K, N=self.N, gamma=self.gamma_max, eos=self.eos)
         self.prompts = Prompts(torch.full((B, T), PAD, dtype=torch.long, device=device),
                                torch.ones(B, dtype=torch.long, device=device))
         self.keys = torch.zeros(B, self.lay.slots, dtype=torch.bool, device=device)
         self.cache = self.target.new_cache(B, self.lay.slots)
-        self.beams = initial_beams(B, self.K, L, self.lay, self.trie.ROOT, device)
+        self.beams = initial_beams(B, self.K, L, self.lay, self.constraint.ROOT, device)
         self.accepted = torch.zeros(B, dtype=torch.long, device=device)
         self.banned: torch.Tensor | None = None  # (B, S) bool, allocated by the first run with exclusions
         self._shape, self._graphs = (B, T), {}
@@ -118,21 +122,24 @@ class SpecEngine:
             self.drafter.start(self.prompts, self.lay)  # binds buffers; its prefill runs in the first round
 
     def _load_exclusions(self, exclude: torch.Tensor | None) -> None:
-        """exclude (B, U) bool SID rows -> the static (B, S) buffer of states each user may not enter."""
-        self.masked = exclude is not None
+        """exclude (B, U) bool SID rows -> the static (B, S) buffers of states each user may not enter: the
+        first round's (banned0) and the current one (banned; a constraint may add bans as it decodes)."""
+        B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
+        if exclude is not None and (self.trie is None or exclude.shape != (B, self.trie.num_sids)):
+            raise ValueError(f"exclude has shape {tuple(exclude.shape)}, expected (users, SIDs) = "
+                             f"{(B, self.trie.num_sids if self.trie is not None else 0)}")
+        banned = self.constraint.initial_bans(exclude, B, dev)
+        self.masked = banned is not None
         if not self.masked:
             return
-        if exclude.shape != (self.prompts.tokens.shape[0], self.trie.num_sids):
-            raise ValueError(f"exclude has shape {tuple(exclude.shape)}, expected (users, SIDs) = "
-                             f"{(self.prompts.tokens.shape[0], self.trie.num_sids)}")
-        banned = banned_states(self.trie, exclude.to(self.prompts.tokens.device))
         if self.banned is None:
-            self.banned = torch.zeros_like(banned)
+            self.banned, self.banned0 = torch.zeros_like(banned), torch.zeros_like(banned)
+        self.banned0.copy_(banned)
         self.banned.copy_(banned)
 
     def state(self) -> RoundState:
         """The round's inputs: models, rule, trie and the static buffers of the loaded batch."""
-        return RoundState(self.target, self.drafter, self.rule, self.trie, self.lay, self.cache, self.prompts,
+        return RoundState(self.target, self.drafter, self.rule, self.constraint, self.lay, self.cache, self.prompts,
                           self.keys, self.banned if self.masked else None)
 
     def frontier(self, first: bool = False) -> Frontier:
@@ -143,7 +150,9 @@ class SpecEngine:
         """Before the first round: the loaded prompts' key mask, and K empty beams per user."""
         B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
         self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
-        self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.trie.ROOT, dev))
+        self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.constraint.ROOT, dev))
+        if self.masked:  # bans that grow during decoding (a list's finished items) start again
+            self.banned.copy_(self.banned0)
 
     # --- one round ----------------------------------------------------------------------------
     def round(self, plan: RoundPlan) -> None:
@@ -180,7 +189,8 @@ class SpecEngine:
 
     def _live(self) -> tuple[torch.Tensor, ...]:
         """Tensors a round mutates."""
-        return self.beams.tensors() + (self.cache.k, self.cache.v) + (self.drafter.state_tensors() if self.drafter else ())
+        return self.beams.tensors() + (self.cache.k, self.cache.v) + (self.drafter.state_tensors() if self.drafter else ()) \
+            + ((self.banned,) if self.masked else ())
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [t.clone() for t in self._live()]
@@ -233,10 +243,11 @@ class SpecEngine:
     def result(self) -> BeamResult:
         """The loaded batch's K beams, best first (sids -1 where a beam is dead)."""
         b = self.beams
-        sids = self.trie.leaf_sid[self.trie.walk(b.codes)]
+        out = self.constraint.outputs(b.codes)  # (B, K, ...) SID rows, item lists or tokens
         order = b.scores.argsort(dim=1, descending=True, stable=True)
-        sids = torch.where(torch.isfinite(b.scores), sids, torch.full_like(sids, -1))
-        return BeamResult(sids=sids.gather(1, order), scores=b.scores.gather(1, order), codes=gather_rows(b.codes, order))
+        live = torch.isfinite(b.scores).reshape(*b.scores.shape, *([1] * (out.dim() - 2)))
+        out = torch.where(live, out, torch.full_like(out, -1))
+        return BeamResult(sids=gather_rows(out, order), scores=b.scores.gather(1, order), codes=gather_rows(b.codes, order))
 
 
 def _compiled_round():
@@ -250,9 +261,9 @@ def _compiled_round():
 
 
 @torch.no_grad()
-def spec_beam_search(target: Decoder, drafter: Drafter | None, trie: SIDTrie, prompts: Prompts, cfg: DecodeConfig,
-                     shape: TreeShape | None = None, generator: torch.Generator | None = None,
+def spec_beam_search(target: Decoder, drafter: Drafter | None, constraint: Constraint | SIDTrie, prompts: Prompts,
+                     cfg: DecodeConfig, shape: TreeShape | None = None, generator: torch.Generator | None = None,
                      exclude: torch.Tensor | None = None) -> tuple[BeamResult, SpecStats]:
     """prompts (B users) -> top-K items per user and acceptance statistics (eager, any device): one
     engine for one call. No drafter: plain autoregressive beam search through the same loop."""
-    return SpecEngine(target, drafter, trie, cfg, shape, generator).run(prompts, exclude=exclude)
+    return SpecEngine(target, drafter, constraint, cfg, shape, generator).run(prompts, exclude=exclude)

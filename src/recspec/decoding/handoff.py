@@ -46,7 +46,8 @@ class Frontier:
     scores: torch.Tensor  # (B, M) the target's cumulative log-probs
     states: torch.Tensor  # (B, M) trie states
     level: torch.Tensor  # (B,) SID levels produced so far (the pending level's number)
-    banned: torch.Tensor | None = None  # (B, S) bool trie states a user may not enter (exclusions; None: none)
+    banned: torch.Tensor | None = None  # (B, S) the constraint's per-user bans (exclusions; None: none)
+    codes: torch.Tensor | None = None  # (B, M, n) tokens of each beam so far (the first `level`; 0-padded)
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,4 @@ class Verdict:
     copy_src: torch.Tensor  # (B, J * K) tree slots of accepted nodes (sink: nothing)
     copy_dst: torch.Tensor  # (B, J * K) committed slots they move to (sink: nothing)
     accepted: torch.Tensor  # (B,) levels accepted this round
+    banned: torch.Tensor | None = None  # (B, S) the bans after the round's committed tokens (None: none)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
+from recspec.decoding.constraints import Constraint
 from recspec.decoding.drafters.base import Drafter
 from recspec.decoding.handoff import Beams, Frontier, Scores, Verdict
 from recspec.decoding.prompt import prefill_mask, prompt_positions
@@ -34,17 +34,17 @@ from recspec.models.kv_cache import KVCache
 
 @dataclass(frozen=True)
 class RoundState:
-    """What a round reads and writes: the models, the catalogue's trie, and the engine's static buffers."""
+    """What a round reads and writes: the models, the constraint, and the engine's static buffers."""
 
     target: Decoder
     drafter: Drafter | None  # None: autoregressive (no tree)
     rule: VerifyRule  # strict top-K or relaxed sampling (chosen once, per engine)
-    trie: SIDTrie
+    constraint: Constraint  # what may be decoded (the SID trie, an item list, text)
     lay: Layout  # the cache's slot layout
     cache: KVCache  # the target's (B, S) cache
     prompts: Prompts  # (B, T) left-padded prompt buffer
     keys: torch.Tensor  # (B, S) bool: slots holding real prompt tokens
-    banned: torch.Tensor | None  # (B, S) bool trie states a user may not enter (None: no exclusions)
+    banned: torch.Tensor | None  # (B, S) bool states a user may not enter (None: none); commit updates it
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,11 @@ def frontier(beams: Beams, lay: Layout, pending: bool, banned: torch.Tensor | No
     """The beams as this round sees them: the newest level's tokens are pending (fed this round) unless
     it is the first round."""
     if not pending:
-        return Frontier(None, None, beams.path, beams.scores, beams.states, beams.level, banned)
+        return Frontier(None, None, beams.path, beams.scores, beams.states, beams.level, banned, beams.codes)
     lvl = beams.level.clamp(1, lay.L)
     tokens = beams.codes.gather(2, (lvl - 1)[:, None, None].expand(-1, beams.codes.shape[1], 1))[..., 0]
-    return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level, banned)
+    return Frontier(tokens, lay.committed_slots(lvl), beams.path, beams.scores, beams.states, beams.level, banned,
+                    beams.codes)
 
 
 def propose(s: RoundState, f: Frontier, plan: RoundPlan) -> DraftTree | None:
@@ -153,16 +154,17 @@ def verify(s: RoundState, beams: Beams, scores: Scores, tree: DraftTree | None,
     alive = beams.level < lay.end  # users still verifying this round
     d_user = (lay.end - 1 - beams.level).clamp(min=0).clamp(max=tree.depth if tree is not None else 0)
     beam_node = torch.arange(beams.scores.shape[1], device=dev).expand(B, -1)
-    nodes, src, dst = [], [], []
+    nodes, src, dst, banned = [], [], [], s.banned
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
     j = 0
     while True:
-        cand = candidate_scores(beams.scores, logp, s.trie.allowed(beams.states, s.banned))  # (B, M, V)
+        cand = candidate_scores(beams.scores, logp, s.constraint.allowed(beams.states, banned))  # (B, M, V)
         cand = torch.where(alive[:, None, None], cand, torch.zeros_like(cand))  # finished rows: harmless
         in_tree = alive & (j < d_user)
         c = s.rule.choose(cand, lay.K, tree, j, beam_node, in_tree)
         ok = c.ok & in_tree
-        beams = _advance(s.trie, beams, c.parent, c.token, gather_scores(cand, c.parent * V + c.token), alive, lay)
+        beams = _advance(s.constraint, beams, c.parent, c.token, gather_scores(cand, c.parent * V + c.token), alive, lay)
+        banned = s.constraint.advance_bans(banned, beams.states)  # e.g. a list's item just finished
         slots_now = lay.committed_slots(beams.level.clamp(1, lay.L))  # (B, K) where this level is committed
         keep = (ok & (beams.level <= lay.L))[:, None]
         nodes.append(torch.where(keep, c.node, -1))
@@ -174,12 +176,14 @@ def verify(s: RoundState, beams: Beams, scores: Scores, tree: DraftTree | None,
             break
         logp = gather_rows(scores.tree[:, j], c.node.clamp(min=0))  # (B, K, V) target log-probs after the new beams
         beam_node, j = c.node, j + 1
-    return beams, Verdict(torch.stack(nodes, 1), torch.cat(src, 1), torch.cat(dst, 1), accepted)
+    return beams, Verdict(torch.stack(nodes, 1), torch.cat(src, 1), torch.cat(dst, 1), accepted, banned)
 
 
 def commit(s: RoundState, verdict: Verdict) -> None:
     """Move the accepted nodes' KV into their committed slots, in the target's cache and the drafter's."""
     s.cache.copy_slots(verdict.copy_src, verdict.copy_dst)
+    if s.banned is not None and verdict.banned is not s.banned:
+        s.banned.copy_(verdict.banned)
     if s.drafter is not None:
         s.drafter.observe(verdict)
 
@@ -194,7 +198,7 @@ def initial_beams(B: int, K: int, L: int, lay: Layout, root: int, device) -> Bea
                  torch.zeros(B, dtype=torch.long, device=device))
 
 
-def _advance(trie: SIDTrie, b: Beams, parent, token, score, alive, lay: Layout) -> Beams:
+def _advance(constraint: Constraint, b: Beams, parent, token, score, alive, lay: Layout) -> Beams:
     """Users still alive take their K new beams at level `level + 1`; the others keep theirs."""
     B, K = parent.shape
     lvl = b.level + 1  # (B,)
@@ -203,7 +207,7 @@ def _advance(trie: SIDTrie, b: Beams, parent, token, score, alive, lay: Layout) 
     writes = (lvl <= lay.L)[:, None, None]
     codes = torch.where(writes, codes.scatter(2, col, token[..., None]), codes)
     path = torch.where(writes, path.scatter(2, col, lay.committed_slots(lvl.clamp(max=lay.L))[..., None]), path)
-    states = trie.step(b.states.gather(1, parent), token)
+    states = constraint.step(b.states.gather(1, parent), token)
     new = Beams(score, states, codes, path, lvl)
     w = lambda a, o: torch.where(alive.reshape(-1, *([1] * (a.dim() - 1))), a, o)  # noqa: E731
     return Beams(*(w(n, o) for n, o in zip(new.tensors(), b.tensors())))

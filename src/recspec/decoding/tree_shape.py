@@ -233,14 +233,19 @@ def default_tree_budget(device) -> int:
     return CPU_TREE_BUDGET if torch.device(device).type == "cpu" else GPU_TREE_BUDGET
 
 
-def tree_shape(cfg: DecodeConfig, trie: SIDTrie, device="cpu") -> TreeShape:
+def tree_shape(cfg: DecodeConfig, constraint, device="cpu") -> TreeShape:
     """The tree of a run configured by `cfg` (its tree, K and eos) with the target on `device`: auto where
     cfg.tree sets no shape field (budget: cfg.tree.budget, else the device's default; levels: L, or L + 1
-    where cfg.eos scores <eos>), else the given shape, checked."""
+    where cfg.eos scores <eos>), else the given shape, checked. constraint: a SID trie (or a constraint
+    holding one as `.trie`, whose auto shape is the one item's); other constraints need an explicit shape."""
     t = cfg.tree
     shape = given_shape(t.draft_beams, t.gamma, t.depths, t.widths, t.expand)
     check_budget(t.budget, shape is not None)
     if shape is None:
+        trie = constraint if isinstance(constraint, SIDTrie) else getattr(constraint, "trie", None)
+        if trie is None or constraint.num_levels != trie.num_levels:
+            raise ValueError("the auto tree shape is derived from one item's SID trie: give --draft-beams / --gamma "
+                             "(an explicit shape) for lists and text")
         budget = default_tree_budget(device) if t.budget is None else t.budget
         return _cached_auto_shape(trie, cfg.K, budget, cfg.eos)
     check_shape(shape, cfg.K)

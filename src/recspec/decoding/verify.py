@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from recspec.config import DecodeConfig
 from recspec.decoding.handoff import Sampling
 from recspec.decoding.tree import DraftTree, gather_rows
 
@@ -231,15 +232,49 @@ class RelaxedSampling:
         return Choice(parent, token, node, (node >= 0).all(dim=1))
 
 
-# config.VERIFY_RULES: name -> the rule, from (temperature, generator) (a rule takes what it needs)
-RULES = {"strict": lambda temperature, generator: StrictTopK(), "relaxed": RelaxedSampling}
+@dataclass(frozen=True)
+class TopKBeta:
+    """LASER's relaxed greedy rule (K = 1): at each level the output is the target's greedy token, unless the
+    draft's own first choice there (its first drafted child of the current node) is within the target's
+    top `k` tokens and has probability above `beta` (the target's, renormalised over the allowed tokens):
+    then the draft's token is kept. k = 1 is greedy exactly. The level is accepted when its output is a
+    drafted node."""
+
+    k: int = 2  # the draft's token may rank up to k-th under the target
+    beta: float = 0.1  # and must have at least this probability
+    sampling: Sampling | None = None
+
+    def choose(self, cand, K, tree, j, beam_node, in_tree) -> Choice:
+        B, M, V = cand.shape
+        table = _level_table(tree, j, M, V)
+        parent, token, _ = topk_candidates(cand, 1)  # (B, 1) the target's greedy token
+        if table is None:
+            return _target_only(parent, token)
+        node = node_of(table, beam_node, parent, token, V)  # (B, 1) the greedy token's node, or -1
+        mine = tree.valid[:, j] & (tree.parents[:, j] == beam_node[:, :1])  # (B, N) drafted children here
+        first = mine.int().argmax(dim=1, keepdim=True)  # (B, 1) the draft's first choice
+        d_tok = tree.tokens[:, j].gather(1, first)
+        d_logit = cand[:, 0].gather(1, d_tok)  # (B, 1) its cumulative score under the target
+        rank = 1 + (cand[:, 0] > d_logit).sum(dim=1, keepdim=True)
+        p = (d_logit - cand[:, 0].logsumexp(dim=1, keepdim=True)).exp()
+        take = mine.any(dim=1, keepdim=True) & (node < 0) & (self.k > 1) & (rank <= self.k) & (p > self.beta)
+        token, node = torch.where(take, d_tok, token), torch.where(take, first, node)
+        return Choice(parent, token, node, (node >= 0).all(dim=1))
 
 
-def make_rule(name: str, temperature: float = 1.0, generator: torch.Generator | None = None) -> VerifyRule:
-    """DecodeConfig.verify -> its rule object (a new rule: one class above and one entry in RULES)."""
-    if name not in RULES:
-        raise ValueError(f"unknown verification rule {name!r}; choose from {', '.join(RULES)}")
-    return RULES[name](float(temperature), generator)
+# config.VERIFY_RULES: name -> the rule, from the decoding config and the sampling generator
+RULES = {"strict": lambda cfg, generator: StrictTopK(),
+         "relaxed": lambda cfg, generator: RelaxedSampling(float(cfg.temperature), generator),
+         "topk-beta": lambda cfg, generator: TopKBeta(cfg.accept_k, cfg.accept_beta)}
+
+
+def make_rule(cfg: DecodeConfig, generator: torch.Generator | None = None) -> VerifyRule:
+    """cfg.verify -> its rule object (a new rule: one class above and one entry in RULES)."""
+    if cfg.verify not in RULES:
+        raise ValueError(f"unknown verification rule {cfg.verify!r}; choose from {', '.join(RULES)}")
+    if cfg.verify == "topk-beta" and cfg.K != 1:
+        raise ValueError(f"verify topk-beta is a greedy rule: K must be 1, got {cfg.K}")
+    return RULES[cfg.verify](cfg, generator)
 
 
 def relaxed_inputs(tree: DraftTree, j: int, beam_node: torch.Tensor, M: int, V: int):
@@ -270,4 +305,4 @@ def node_of(table: torch.Tensor, beam_node: torch.Tensor, parent: torch.Tensor, 
 
 __all__ = ["candidate_scores", "topk_candidates", "node_lookup", "verify_strict", "gumbel_topk",
            "verify_relaxed", "beams_from_flat", "gather_scores", "gather_rows", "Choice", "VerifyRule", "StrictTopK",
-           "RelaxedSampling", "RULES", "make_rule"]
+           "RelaxedSampling", "TopKBeta", "RULES", "make_rule"]

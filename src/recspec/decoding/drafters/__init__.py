@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from recspec.data.trie import SIDTrie
+from recspec.decoding.constraints import Constraint
 from recspec.decoding.drafters.base import DRAFTERS, Drafter, DrafterInputs
 from recspec.decoding.drafters.draft_model import DraftModelDrafter
+from recspec.decoding.drafters.ngram import NGramDrafter, NGramTable
 from recspec.decoding.drafters.trie_drafter import TrieDrafter
 from recspec.decoding.tree_shape import TreeShape
 from recspec.models.decoder import Decoder
@@ -16,19 +17,30 @@ TRIE = "trie"  # the name that selects the model-free trie drafter wherever a dr
 MODEL = "draft-model"  # the drafter of a draft checkpoint
 
 
-def make_drafter(draft: Decoder | str, trie: SIDTrie, shape: TreeShape, prior: torch.Tensor | None = None) -> Drafter:
-    """draft: a draft `Decoder` (the "draft-model" drafter: beam search) or a `DRAFTERS` name, e.g. "trie"
-    (the trie's children ranked by `prior`, e.g. `Catalog.popularity`; no model). shape: the tree."""
-    name, model = (draft, None) if isinstance(draft, str) else (MODEL, draft)
+NGRAM = "ngram"  # the drafter of an n-gram table
+
+
+def make_drafter(draft: Decoder | NGramTable | str, constraint: Constraint, shape: TreeShape,
+                 prior: torch.Tensor | None = None) -> Drafter:
+    """draft: a draft `Decoder` (the "draft-model" drafter: beam search), an `NGramTable` (the "ngram"
+    drafter) or a `DRAFTERS` name, e.g. "trie" (the trie's children ranked by `prior`, e.g.
+    `Catalog.popularity`; no model). shape: the tree."""
+    name = drafter_name(draft)
     if name not in DRAFTERS:
-        raise ValueError(f"unknown drafter {name!r}: give a draft model or one of {', '.join(sorted(DRAFTERS))}")
-    return DRAFTERS[name](DrafterInputs(trie=trie, shape=shape, model=model, prior=prior))
+        raise ValueError(f"unknown drafter {name!r}: give a draft model, an n-gram table or one of "
+                         f"{', '.join(sorted(DRAFTERS))}")
+    model = draft if name == MODEL else None
+    table = draft if name == NGRAM else None
+    return DRAFTERS[name](DrafterInputs(constraint=constraint, shape=shape, model=model, prior=prior, table=table))
 
 
-def drafter_name(draft: Decoder | str | None) -> str | None:
+def drafter_name(draft: Decoder | NGramTable | str | None) -> str | None:
     """The registry name of what `make_drafter` builds from `draft` (None: no drafter)."""
-    return None if draft is None else draft if isinstance(draft, str) else MODEL
+    if draft is None or isinstance(draft, str):
+        return draft
+    return NGRAM if isinstance(draft, NGramTable) else MODEL
 
 
-__all__ = ["DRAFTERS", "Drafter", "DrafterInputs", "DraftModelDrafter", "TrieDrafter", "TRIE", "MODEL", "make_drafter",
+__all__ = ["DRAFTERS", "Drafter", "DrafterInputs", "DraftModelDrafter", "NGramDrafter", "NGramTable", "TrieDrafter",
+           "TRIE", "MODEL", "NGRAM", "make_drafter",
            "drafter_name"]

@@ -12,8 +12,8 @@ from typing import Callable, Protocol
 
 import torch
 
-from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
+from recspec.decoding.constraints import Constraint, as_constraint
 from recspec.decoding.handoff import Frontier, Sampling, Verdict
 from recspec.decoding.tree import DraftTree, Layout
 from recspec.decoding.tree_shape import TreeShape
@@ -24,10 +24,14 @@ from recspec.models.decoder import Decoder
 class DrafterInputs:
     """Everything a drafter may be built from; each drafter takes what it needs."""
 
-    trie: SIDTrie  # the catalogue's valid SIDs, on the decoding device
+    constraint: Constraint  # what may be decoded (SID trie, item list, text), on the decoding device
     shape: TreeShape  # the tree every round may draft (N nodes per level; expand)
     model: Decoder | None = None  # a draft checkpoint (model drafters)
     prior: torch.Tensor | None = None  # (S,) log P(child state | parent state), e.g. `Catalog.popularity`
+    table: object | None = None  # an n-gram table (`drafters.ngram.NGramTable`), for retrieval drafters
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "constraint", as_constraint(self.constraint))  # a bare SID trie: one item
 
 
 class Drafter(Protocol):

@@ -26,12 +26,13 @@ class DraftModelDrafter:
         drafted level, top-N drafting extends only the draft's best expand * K nodes of the level above
         (0: all N). Deep SID levels branch little, so plain top-N fills the tree with the only children of
         unlikely parents and drops the second children of the likely ones, which the target's top-K needs."""
-        model, trie = inputs.model, inputs.trie
+        model, constraint = inputs.model, inputs.constraint
         if model is None:
             raise ValueError("the draft-model drafter needs a draft model")
-        if model.cfg.vocab_size != trie.vocab_size:
-            raise CheckpointError(f"draft vocabulary ({model.cfg.vocab_size} tokens) differs from the SID trie's ({trie.vocab_size})")
-        self.model, self.trie, self.N, self.expand = model, trie, inputs.shape.N, inputs.shape.expand
+        if model.cfg.vocab_size != constraint.vocab_size:
+            raise CheckpointError(f"draft vocabulary ({model.cfg.vocab_size} tokens) differs from the constraint's "
+                                  f"({constraint.vocab_size})")
+        self.model, self.constraint, self.N, self.expand = model, constraint, inputs.shape.N, inputs.shape.expand
 
     def start(self, prompts: Prompts, layout: Layout) -> None:
         """Bind the prompts and allocate the draft's cache (reused while the shape holds)."""
@@ -76,13 +77,13 @@ class DraftModelDrafter:
         levels: list[tuple] = []
         keep = min(N, int(self.expand * frontier.scores.shape[1])) if self.expand > 0 else N
         for j, w in enumerate(widths):
-            cand = candidate_scores(scores, logp, self.trie.allowed(states, frontier.banned))  # (B, M, V)
+            cand = candidate_scores(scores, logp, self.constraint.allowed(states, frontier.banned))  # (B, M, V)
             if j > 0 and not sample and keep < cand.shape[1]:  # nodes are best-first: extend the top `keep`
                 cand = torch.cat([cand[:, :keep], torch.full_like(cand[:, keep:], float("-inf"))], dim=1)
             pick, score, draws, logq = select_nodes(cand, w, sampling)  # (B, w) into M * V
             parent, token = pick // V, pick % V
             levels.append((token, parent, torch.isfinite(score), draws, pad_rows(logq, P)))
-            states = self.trie.step(gather_rows(states, parent), token)
+            states = self.constraint.step(gather_rows(states, parent), token)
             scores = score
             slots = self.layout.tree_slots(j, B, scores.device)[:, :w]
             mask = extend_mask(mask, parent, slots)

@@ -34,7 +34,9 @@ class TrieDrafter:
         verification runs its rejection steps on (None: all). A level holding every child is accepted
         whatever is drawn (the target's own draws all land on nodes), so the default 0 leaves the
         target to sample alone there, without the per-draw loop; draws only help at cut levels."""
-        trie, N, prior = inputs.trie, inputs.shape.N, inputs.prior
+        trie, N, prior = getattr(inputs.constraint, "trie", None), inputs.shape.N, inputs.prior
+        if trie is None or inputs.constraint.num_levels != trie.num_levels:
+            raise ValueError("the trie drafter drafts one item's SID: it needs the SID constraint")
         if draws is not None and draws < 0:
             raise ValueError(f"trie drafter draws must be >= 0 or None, got {draws}")
         self.draws = draws

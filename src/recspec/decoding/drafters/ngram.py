@@ -126,7 +126,7 @@ class NGramDrafter:
 
     def _contexts(self, f: Frontier) -> torch.Tensor:
         """(B, M, c) the last c tokens before each beam's next one: its prompt, then its tokens so far."""
-        c, (B, M, n) = self.table.context, f.codes.shape
+        c, (B, M, _) = self.table.context, f.codes.shape
         T = self.prompts.tokens.shape[1]
         seq = torch.cat([self.prompts.tokens[:, None].expand(B, M, T), f.codes], dim=2)  # (B, M, T + n)
         end = T + f.level  # (B,) tokens before the next one
@@ -141,7 +141,7 @@ class NGramDrafter:
         if sampling is not None:
             raise ValueError("the ngram drafter drafts top-N trees: use strict or topk-beta verification")
         ctx, scores, states = self._contexts(frontier), frontier.scores, frontier.states  # (B, M, c), (B, M)
-        B, N, W = scores.shape[0], self.N, self.table.width
+        N, W = self.N, self.table.width
         rank = torch.arange(W, device=scores.device, dtype=scores.dtype)
         levels = []
         for w in level_widths(widths, depth, N):

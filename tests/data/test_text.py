@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_item_json
+from item_corpus import write_item_json
 from recspec.data.sids import SIDIndex
 from recspec.data.text import (FIELD_SEP, TextTokenizer, default_vocab_size, load_text_corpus, normalise_text,
                                read_item_texts, split_items, text_prompts, train_tokenizer)

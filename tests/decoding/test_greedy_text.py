@@ -4,11 +4,9 @@ a trained draft and an n-gram table of the old items equals plain greedy, token 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from item_corpus import write_item_json
 from spec_checks import decode
 
 from recspec.config import ModelConfig
@@ -22,10 +20,7 @@ from recspec.models.decoder import Decoder
 from recspec.training.text_lm import TextLMConfig, train_text_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-_spec = importlib.util.spec_from_file_location("tests_conftest", Path(__file__).parents[1] / "conftest.py")
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-write_item_json = _root.write_item_json  # the tiny item corpus of tests/conftest.py
+
 LENGTH = 24  # tokens generated per item
 
 

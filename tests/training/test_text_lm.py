@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recspec.config import ModelConfig
-from conftest import write_item_json
+from item_corpus import write_item_json
 from recspec.data.text import load_text_corpus, train_tokenizer
 from recspec.data.vocab import BOS, EOS, PAD
 from recspec.errors import CheckpointError

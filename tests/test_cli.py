@@ -215,6 +215,7 @@ def _bad_input_cases(toy) -> list[tuple[list[str], str, str]]:
         (ev + ["--split", "bogus"], "", "'--split': 'bogus' is not one of test, valid"),
         (rec + ["--verify", "relaxed"], hist, "--verify relaxed: needs --draft"),
         (ev + ["--verify", "relaxed"], "", "--verify relaxed: needs --draft"),
+        (rec + ["--verify", "topk-beta", "--draft", "trie"], hist, "--verify topk-beta: a greedy rule"),
         (rec, '{"history": [1, 10.7]}\n', "-:1: history[1] = 10.7 is not an item id"),
         (rec, '{"history": [1, true]}\n', "-:1: history[1] = true is not an item id"),
     ]

@@ -212,6 +212,8 @@ def _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand=None, de
                 temperature=1.0, tree_budget=None, eos=False, exclude_history=False) -> DecodeConfig:
     if not temperature > 0:
         raise RecSpecError(f"--temperature {temperature}: must be > 0")
+    if verify == "topk-beta" and K != 1:
+        raise RecSpecError(f"--verify topk-beta: a greedy rule (one item at a time), needs --K 1, got --K {K}")
     tree = _tree_cfg(draft_beams, gamma, expand, depths, widths, tree_budget)
     _check_tree(tree, [K])
     return DecodeConfig(K=K, batch_size=batch_size, verify=verify, seed=seed, temperature=temperature, eos=eos,
@@ -231,7 +233,7 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
              draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
              split: str = typer.Option("test", help="test or valid", callback=_one_of(*SPLITS)),
              K: int = typer.Option(DecodeConfig.K, "--K", callback=_positive, help="items per user (target beams)"),
-             verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
+             verify: str = typer.Option("strict", help="strict (exact), relaxed (sampling) or topk-beta (greedy, --K 1)", callback=_one_of(*VERIFY_RULES)),
              draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
              expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS,
              tree_budget: Optional[int] = TREE_BUDGET, temperature: float = TEMPERATURE, batch_size: int = 64, users: int = 0, index_dir: Optional[str] = INDEX_DIR, seed: int = 0, device: str = "cpu",
@@ -305,7 +307,7 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
               input: str = typer.Option("-", "--input", help="JSON lines {\"history\": [item ids]} ('-': stdin); "
                                         "ids as the dataset's interaction files write them"),
               draft: Optional[str] = typer.Option(None, help="draft checkpoint, or 'trie' (no model: the trie's children): speculative decoding"),
-              verify: str = typer.Option("strict", help="strict (exact) or relaxed (sampling)", callback=_one_of(*VERIFY_RULES)),
+              verify: str = typer.Option("strict", help="strict (exact), relaxed (sampling) or topk-beta (greedy, --K 1)", callback=_one_of(*VERIFY_RULES)),
               draft_beams: Optional[int] = DRAFT_BEAMS, gamma: Optional[int] = GAMMA,
               expand: Optional[float] = EXPAND, depths: str = DEPTHS, widths: str = WIDTHS, tree_budget: Optional[int] = TREE_BUDGET,
               temperature: float = TEMPERATURE, K: int = typer.Option(DecodeConfig.K, "--K", callback=_positive, help="items per user (target beams)"),

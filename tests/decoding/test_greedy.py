@@ -196,6 +196,8 @@ def test_greedy_speculation_on_text_equals_greedy(make_decoder):
 def test_auto_shape_needs_one_item(beauty):
     with pytest.raises(ValueError, match="explicit shape"):
         build_engine(beauty.target, ItemList(beauty.trie, 2), decode(K=1), beauty.drafts["random"])
+    with pytest.raises(ValueError, match="eos=False"):
+        build_engine(beauty.target, ItemList(beauty.trie, 2), decode(K=1, N=4, gamma=2, eos=True), beauty.drafts["random"])
     with pytest.raises(ValueError, match="distinct lists"):
         build_engine(beauty.target, ItemList(beauty.trie, 2), decode(K=2, N=4, gamma=2), beauty.drafts["random"])
 

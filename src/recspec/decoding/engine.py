@@ -81,6 +81,9 @@ class SpecEngine:
             raise ValueError(f"draft depths must be >= 0, got gamma {shape.gamma}, depths {shape.depths}")
         self.target, self.drafter, self.constraint, self.cfg, self.shape = target, drafter, constraint, cfg, shape
         self.trie = getattr(constraint, "trie", None)  # the SID trie where there is one (exclusions are SID rows)
+        if cfg.eos and (self.trie is None or constraint.num_levels != self.trie.num_levels):
+            raise ValueError("eos scores <eos> after one item's codes; a list ends each item with <eos> itself, "
+                             "and text stops at it: decode lists and text with eos=False")
         self.K, self.N, self.eos = K, shape.N, cfg.eos
         self.rule = make_rule(cfg, generator)
         self.gamma_max = max((shape.gamma, *shape.depths))  # tree slots the layout reserves

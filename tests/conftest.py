@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped datasets (../shared beside the repo, or $RECSPEC_SHARED), the bundled toy
+"""Shared fixtures: the shipped datasets (../shared beside the repo, or $RECSPEC_SHARED), the toy
 catalogue that stands in for Beauty where they are absent, and tiny random decoders."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from item_corpus import write_item_json  # noqa: E402  (tests/ is on the path)
+from toy_catalogue import write_toy  # noqa: E402
 from recspec.config import ModelConfig
 from recspec.data.sids import SIDIndex
 from recspec.data.vocab import Vocab
@@ -19,7 +20,6 @@ from recspec.models.decoder import Decoder
 # Beauty); tests/data, test_recommend_ids.py and tests/bench still find ../shared by their own paths
 SHARED = Path(os.environ.get("RECSPEC_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 SHARED_DATASETS = SHARED / "datasets"
-TOY_DATASET = Path(__file__).resolve().parent / "fixtures" / "toy"  # made by fixtures/make_toy.py
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +37,12 @@ def optional_shared_datasets() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def sequential_dataset() -> Path:
+def sequential_dataset(tmp_path_factory) -> Path:
     """A sequential (AtSpeed-format) dataset folder with its *.index.json: Beauty where the shared
-    datasets hold it, else the bundled toy catalogue (573 items, 4-level SIDs, 80 level-1 codes)."""
+    datasets hold it, else the toy catalogue (573 items, 4-level SIDs, 80 level-1 codes) that
+    `toy_catalogue.write_toy` writes, deterministically, into a temporary folder."""
     beauty = SHARED_DATASETS / "beauty"
-    return beauty if (beauty / "beauty.index.json").is_file() else TOY_DATASET
+    return beauty if (beauty / "beauty.index.json").is_file() else write_toy(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.fixture(scope="session")

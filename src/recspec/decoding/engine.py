@@ -126,7 +126,8 @@ class SpecEngine:
 
     def _load_exclusions(self, exclude: torch.Tensor | None) -> None:
         """exclude (B, U) bool SID rows -> the static (B, S) buffers of states each user may not enter: the
-        first round's (banned0) and the current one (banned; a constraint may add bans as it decodes)."""
+        first round's; a constraint may add bans as it decodes (a list's finished items), and every run
+        starts from here again."""
         B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
         if exclude is not None and (self.trie is None or exclude.shape != (B, self.trie.num_sids)):
             raise ValueError(f"exclude has shape {tuple(exclude.shape)}, expected (users, SIDs) = "
@@ -136,8 +137,7 @@ class SpecEngine:
         if not self.masked:
             return
         if self.banned is None:
-            self.banned, self.banned0 = torch.zeros_like(banned), torch.zeros_like(banned)
-        self.banned0.copy_(banned)
+            self.banned = torch.zeros_like(banned)
         self.banned.copy_(banned)
 
     def state(self) -> RoundState:
@@ -154,8 +154,6 @@ class SpecEngine:
         B, dev = self.prompts.tokens.shape[0], self.prompts.tokens.device
         self.keys.copy_(prompt_key_mask(self.prompts, self.lay.slots))
         self.beams.copy_(initial_beams(B, self.K, self.lay.L, self.lay, self.constraint.ROOT, dev))
-        if self.masked:  # bans that grow during decoding (a list's finished items) start again
-            self.banned.copy_(self.banned0)
 
     # --- one round ----------------------------------------------------------------------------
     def round(self, plan: RoundPlan) -> None:

@@ -18,7 +18,6 @@ in out_dir beside them, and `load_text_lm` refuses a checkpoint whose tokenizer 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable
@@ -33,9 +32,9 @@ from recspec.data.vocab import PAD, SPECIALS, Vocab
 from recspec.errors import CheckpointError, DataError
 from recspec.models.decoder import Decoder
 from recspec.models.hf import load_checkpoint
-from recspec.training.loop import RunInfo, TrainLoop, run_resumable
-from recspec.training.train import next_token_loss
-from recspec.training.windows import IGNORE, Windows, bucketed_batches
+from recspec.training.loop import RunInfo, run_resumable
+from recspec.training.train import WindowLoop, data_hash, next_token_loss
+from recspec.training.windows import IGNORE, Windows
 
 ROLE = "text"  # recspec.json role of a text LM checkpoint
 TOKENIZER_FILE = "tokenizer.json"
@@ -116,32 +115,20 @@ def sequence_loss(model: Decoder, windows: Windows, batch_size: int = 64) -> flo
     return total / max(count, 1)
 
 
-def data_hash(windows: Windows) -> str:
-    return hashlib.sha256(windows.tokens.numpy().tobytes()).hexdigest()[:16]
-
-
-class _TextTrainer(TrainLoop):
+class _TextTrainer(WindowLoop):
     """Old items' texts as batches, next-token cross-entropy, validation loss on old and new items."""
 
     metric = "neg_heldout_loss"  # the loop keeps the highest: minus the new items' loss
 
     def __init__(self, model: Decoder, train: Windows, heldout: Windows, tokenizer: TextTokenizer,
                  cfg: TextLMConfig, out_dir: str, dataset: str, on_log: Callable[[dict], None]):
-        self.train_windows, self.heldout = train, heldout
+        self.windows, self.heldout = train, heldout
         self.latest: dict | None = None  # the newest validation's values
         info = RunInfo(text_vocab(tokenizer), tokenizer.fingerprint(), ROLE, dataset, data_hash(train))
         super().__init__(model, cfg, out_dir, info, math.ceil(len(train) / cfg.batch_size), on_log)
 
-    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        rng = np.random.default_rng([self.cfg.seed, epoch])
-        return bucketed_batches(self.train_windows.lengths, self.cfg.batch_size, rng)
-
-    def loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-        tokens, labels = (x.to(self.device) for x in self.train_windows.batch(rows))  # (b, T) each
-        return next_token_loss(self.model, tokens, labels), int(self.train_windows.lengths[rows].sum())
-
     def evaluate(self) -> dict:
-        train, heldout = sequence_loss(self.model, self.train_windows), sequence_loss(self.model, self.heldout)
+        train, heldout = sequence_loss(self.model, self.windows), sequence_loss(self.model, self.heldout)
         self.latest = {"train_loss": train, "heldout_loss": heldout, self.metric: -heldout}
         return self.latest
 

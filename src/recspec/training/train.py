@@ -66,7 +66,22 @@ def data_hash(windows: Windows) -> str:
     return h.hexdigest()[:16]
 
 
-class _Trainer(TrainLoop):
+class WindowLoop(TrainLoop):
+    """A TrainLoop over next-token windows (`self.windows`, set by the subclass): batches of similar lengths
+    in a seeded order per epoch (a function of (cfg.seed, epoch) only), next-token cross-entropy."""
+
+    windows: Windows
+
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        return bucketed_batches(self.windows.lengths, self.cfg.batch_size, rng)
+
+    def loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        tokens, labels = (x.to(self.device) for x in self.windows.batch(rows))  # (b, T) each
+        return next_token_loss(self.model, tokens, labels), int(self.windows.lengths[rows].sum())
+
+
+class _Trainer(WindowLoop):
     """Windows of data.train as batches, next-token cross-entropy, validation Recall@10."""
 
     metric = f"recall@{EVAL_K}"
@@ -80,14 +95,6 @@ class _Trainer(TrainLoop):
             raise DataError(f"{data.name}: no training windows (every {cfg.fit} sequence has fewer than 2 items)")
         info = RunInfo(vocab, index.fingerprint(), role, data.name, data_hash(self.windows))
         super().__init__(model, cfg, out_dir, info, math.ceil(len(self.windows) / cfg.batch_size), on_log)
-
-    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        rng = np.random.default_rng([self.cfg.seed, epoch])
-        return bucketed_batches(self.windows.lengths, self.cfg.batch_size, rng)
-
-    def loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-        tokens, labels = (x.to(self.device) for x in self.windows.batch(rows))  # (b, T) each
-        return next_token_loss(self.model, tokens, labels), int(self.windows.lengths[rows].sum())
 
     def evaluate(self) -> dict | None:
         """Recall@10 / NDCG@10 on the first cfg.eval_users validation users (all where 0); None for a

@@ -1,6 +1,7 @@
 """Greedy decoding under constraints, plain and speculative: the item-list and text constraints on hand-built
 cases, plain greedy as the reference, and greedy tree speculation (the engine at K = 1) equal to it user by
-user, for several drafters, batch sizes and the fixed shapes of graph replay."""
+user, for a random, a trained, a noisy-copy and an n-gram drafter, batch 1 and 16 and the fixed shapes of graph
+replay, on the first LIST_USERS test users."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from spec_checks import TOY, decode
 
+from recspec.config import ModelConfig, TrainConfig
 from recspec.data.datasets import load_sequential
 from recspec.data.exclusion import history_rows
 from recspec.data.trie import build_trie
@@ -17,9 +19,12 @@ from recspec.decoding.constraints import FreeText, ItemList, SIDConstraint
 from recspec.decoding.drafters import NGramTable
 from recspec.decoding.engine import build_engine
 from recspec.decoding.greedy import greedy_decode
+from recspec.models.decoder import Decoder
+from recspec.training.train import train
 
 LIST_USERS = 200  # first test users whose lists are decoded
 M = 10  # items per list
+DRAFT_STEPS = 100  # training steps of the trained draft (seeded)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +112,6 @@ def lists(beauty, sequential_dataset):
     out = {}
     for batch in (16, 1):
         prompts = [build_prompts(beauty.vocab, beauty.index, hist[i:i + batch]) for i in range(0, len(hist), batch)]
-        if batch == 1:
-            prompts = prompts[:40]  # batch 1 runs the first 40 users: the same code path, 40x the calls
         rows = [history_rows(beauty.trie, hist[i * batch:(i + 1) * batch]) for i in range(len(prompts))]
         refs = [greedy_decode(beauty.target, c, p) for p in prompts]
         refs_x = [greedy_decode(beauty.target, c, p, exclude=r) for p, r in zip(prompts[:4], rows[:4])]
@@ -127,6 +130,19 @@ def test_greedy_lists_hold_m_distinct_real_items(beauty, lists):
 
 
 # --- greedy tree speculation ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_draft(beauty, sequential_dataset, tmp_path_factory) -> Decoder:
+    """A tiny draft trained on the catalogue's training histories for DRAFT_STEPS seeded steps."""
+    data, _ = load_sequential(sequential_dataset)
+    torch.manual_seed(0)
+    draft = Decoder(ModelConfig.preset(beauty.vocab.size, "tiny", max_positions=256))
+    cfg = TrainConfig(max_steps=DRAFT_STEPS, batch_size=32, warmup_steps=10, eval_users=0, seed=0, threads=1)
+    res = train(draft, data, beauty.index, beauty.vocab, beauty.trie, cfg, tmp_path_factory.mktemp("draft"),
+                role="draft", progress=False)
+    assert res.steps == DRAFT_STEPS
+    return draft.eval()
+
+
 def list_table(beauty) -> NGramTable:
     """An n-gram table of the training histories' token streams (items and <eos>), orders 4, 3, 2."""
     return NGramTable.build([sequence_tokens(beauty.vocab, beauty.index, h) for h in beauty.train if h], (4, 3, 2), 4)
@@ -143,21 +159,23 @@ def test_ngram_table_counts_and_backs_off():
     with pytest.raises(ValueError, match="orders must be >= 2"):
         NGramTable.build([[1, 2]], orders=(1,))
 
-SPEC_CASES = [("random", 4, 3, 16, False), ("noisy", 4, 4, 16, False), ("self", 8, 5, 16, True),
-              ("ngram", 8, 4, 16, False), ("noisy", 3, 4, 1, False), ("random", 4, 2, 1, True), ("ngram", 4, 3, 1, True)]
+SPEC_CASES = [("random", 4, 3, 16, False), ("trained", 4, 4, 16, True), ("ngram", 8, 4, 16, False),
+              ("noisy", 4, 4, 16, False), ("self", 8, 5, 16, True),
+              ("random", 4, 2, 1, True), ("trained", 3, 4, 1, False), ("ngram", 4, 3, 1, True)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draft,N,gamma,batch,fixed", SPEC_CASES,
                          ids=[f"{c[0]}-N{c[1]}-g{c[2]}-b{c[3]}-{'fixed' if c[4] else 'eager'}" for c in SPEC_CASES])
-def test_greedy_speculation_on_lists_equals_greedy(beauty, lists, draft, N, gamma, batch, fixed):
+def test_greedy_speculation_on_lists_equals_greedy(beauty, lists, trained_draft, draft, N, gamma, batch, fixed):
     """Every user's list (and the one without history items) is the target's greedy list, token for token;
     an accurate draft is accepted more than a random one."""
     c, hist, out = lists
     prompts, rows, refs, refs_x = out[batch]
     width = max(p.tokens.shape[1] for p in prompts)
     cfg = decode(K=1, N=N, gamma=gamma, fixed_shapes=fixed, prompt_width=width if fixed else None)
-    engine = build_engine(beauty.target, c, cfg, beauty.drafts[draft] if draft != "ngram" else list_table(beauty))
+    drafts = {**beauty.drafts, "trained": trained_draft, "ngram": list_table(beauty)}
+    engine = build_engine(beauty.target, c, cfg, drafts[draft])
     accepted = []
     for b, (p, r, ref) in enumerate(zip(prompts, rows, refs)):
         cases = ((None, ref), (r, refs_x[b])) if b < len(refs_x) else ((None, ref),)  # without history: first 4 batches

@@ -43,12 +43,30 @@ def _one_of(*choices: str):
     return check
 
 
-def _check_K(K: int | list[int], catalog) -> None:
-    """K must fit the catalogue: at most one list entry per distinct item."""
+def _positive_or_none(value):
+    """typer callback: an optional int, >= 1 where given."""
+    return value if value is None else _positive(value)
+
+
+def _check_K(K: int | list[int], catalog, flag: str = "--K") -> None:
+    """K (or --listwise M) must fit the catalogue: at most one list entry per distinct item."""
     n = catalog.trie.num_sids
     for k in K if isinstance(K, (list, tuple)) else [K]:
         if k > n:
-            raise RecSpecError(f"--K {k}: above the {n} distinct items of {catalog.data.name}")
+            raise RecSpecError(f"{flag} {k}: above the {n} distinct items of {catalog.data.name}")
+
+
+def _check_listwise(cfg: DecodeConfig, draft: Optional[str]) -> None:
+    """A list is drafted by a draft model, in a tree of explicit shape (the trie drafter and the auto shape are
+    one item's)."""
+    from recspec.decoding.drafters import TRIE
+
+    if draft == TRIE:
+        raise RecSpecError("--listwise with --draft trie: the trie drafter drafts one item's SID; give a draft "
+                           "checkpoint (or no --draft: plain greedy)")
+    if draft and not cfg.tree.explicit:
+        raise RecSpecError("--listwise with --draft: give the tree's shape (--draft-beams / --gamma); the auto shape "
+                           "is derived from one item's SID trie, not a list")
 
 
 def _check_draft(verify: str, draft: Optional[str]) -> None:
@@ -180,6 +198,8 @@ EOS = typer.Option(False, "--eos/--no-eos", help="score <eos> after an item's L 
                                                  "transformers' generate does (off: L calls, score = sum of code log-probs)")
 EXCLUDE_HISTORY = typer.Option(False, "--exclude-history", help="never recommend an item of the user's history "
                                                                 "(default: history items may be recommended)")
+LISTWISE = "M: greedily generate one list of M distinct items per user (K = 1 under the item-list constraint; " \
+           "with --draft, greedy tree speculation: give --draft-beams / --gamma)"
 
 
 def parse_depths(text: str, what: str = "depths") -> tuple[int, ...] | None:
@@ -244,10 +264,15 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
                                             "bootstrap intervals and the quality gate; needs --K >= 10 and all users"),
              sasrec_steps: int = SASREC_STEPS, sasrec_hidden: str = SASREC_HIDDEN, sasrec_dropout: str = SASREC_DROPOUT,
              sasrec_lr: str = SASREC_LR,
+             listwise: Optional[int] = typer.Option(None, "--listwise", callback=_positive_or_none,
+                                                    help=LISTWISE + "; adds Recall@M / NDCG@M rows with 95% intervals, "
+                                                         "mode greedy-list beside the target's top-M beam search"),
              out: Optional[str] = typer.Option(None, help="with --baselines: quality results JSON "
-                                                          "[default: runs/eval/quality_<data>_<split>.json]")):
+                                                          "[default: runs/eval/quality_<data>_<split>.json]; with "
+                                                          "--listwise: the listwise rows as results JSON")):
     """Recall@k / NDCG@k on the test (or valid) users, beside the popularity baseline (--baselines: beside
-    popularity, item transitions and SASRec, with intervals and the quality gate)."""
+    popularity, item transitions and SASRec, with intervals and the quality gate; --listwise M: the greedy
+    list of M items beside top-M beam search)."""
     from recspec.evaluation.evaluate import evaluate_popularity
     from recspec.recommender import Recommender
 
@@ -255,11 +280,17 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
     if baselines and (K < 10 or users):
         raise RecSpecError("--baselines: the quality gate compares Recall@10 / NDCG@10 on every user of the split; "
                            "give --K >= 10 and no --users")
+    if baselines and listwise:
+        raise RecSpecError("--listwise: not with --baselines (run them as two commands)")
     setup = _sasrec_setup(sasrec_steps, sasrec_hidden, sasrec_dropout, sasrec_lr, seed) if baselines else None
     cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget,
                       eos, exclude_history)
+    if listwise:
+        _check_listwise(cfg, draft)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
     _check_K(K, rec.catalog)
+    if listwise:
+        _check_K(listwise, rec.catalog, "--listwise")
     examples = list(rec.catalog.data.test if split == "test" else rec.catalog.data.valid)[: users or None]
     if baselines:
         return _eval_baselines(rec, model, examples, split, K, setup, device, exclude_history, seed, out, data)
@@ -267,6 +298,12 @@ def evaluate(data: str = DATA, model: str = typer.Option(..., help="target check
     if popularity:
         out_metrics["popularity"] = evaluate_popularity(rec.catalog.data, rec.catalog.trie, examples,
                                                         [k for k in (1, 3, 5, 10, 20) if k <= K])
+    if listwise:
+        out_metrics["listwise"] = rec.evaluate_list(examples, listwise, split, seed=seed)
+        if out:
+            from recspec.evaluation.report import write_results
+
+            write_results(out_metrics["listwise"], out, device, extra={"data": data, "checkpoint": model})
     print(json.dumps(out_metrics, indent=2))
 
 
@@ -313,16 +350,26 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
               temperature: float = TEMPERATURE, K: int = typer.Option(DecodeConfig.K, "--K", callback=_positive, help="items per user (target beams)"),
               batch_size: int = DecodeConfig.batch_size,
               index_dir: Optional[str] = INDEX_DIR,
-              seed: int = 0, device: str = "cpu", eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY):
+              seed: int = 0, device: str = "cpu", eos: bool = EOS, exclude_history: bool = EXCLUDE_HISTORY,
+              listwise: Optional[int] = typer.Option(None, "--listwise", callback=_positive_or_none,
+                                                    help=LISTWISE + "; printed in generated order, --K unused")):
     """Histories in, top-K distinct items (with titles where known) out, as JSON lines; item ids in and
-    out are the dataset's own (sequential_*.txt: 1-based, LC-Rec inter.json: 0-based, RecBole: .inter tokens)."""
+    out are the dataset's own (sequential_*.txt: 1-based, LC-Rec inter.json: 0-based, RecBole: .inter tokens).
+    --listwise M: each user's greedy list of M items instead, in generated order, with the list's score."""
     from recspec.recommender import Recommender
 
     _check_draft(verify, draft)
-    cfg = _decode_cfg(K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths, temperature, tree_budget,
-                      eos, exclude_history)
+    if listwise and eos:
+        raise RecSpecError("--eos scores <eos> after one item's codes; a list (--listwise) scores each item's <eos> "
+                           "itself: leave --eos off")
+    cfg = _decode_cfg(1 if listwise else K, batch_size, draft_beams, gamma, verify, seed, expand, depths, widths,
+                      temperature, tree_budget, eos, exclude_history)
+    if listwise:
+        _check_listwise(cfg, draft)
     names, histories = _read_histories(input)
     rec = Recommender.load(data, model, draft, cfg, index_dir=index_dir or _model_index_dir(model), device=device)
+    if listwise:
+        return _recommend_lists(rec, histories, names, listwise)
     _check_K(K, rec.catalog)
     res, _ = rec.recommend(histories, K, names=names)
     titles, index = rec.catalog.data.titles, rec.catalog.index
@@ -330,6 +377,17 @@ def recommend(data: str = DATA, model: str = typer.Option(..., help="target chec
         recs = [{"item": item, "sid": index.sid_string(i), "title": titles.get(i), "score": round(sc, 5)}
                 for item, i, sc in zip(items, internal, scores)]
         print(json.dumps({"history": h, "recommendations": recs}))
+
+
+def _recommend_lists(rec, histories, names: list[str], M: int) -> None:
+    """recommend --listwise M: one JSON line per history, its greedy list in generated order and its score."""
+    _check_K(M, rec.catalog, "--listwise")
+    res, _ = rec.recommend_list(histories, M, names=names)
+    titles, index = rec.catalog.data.titles, rec.catalog.index
+    for h, items, internal, score in zip(histories, res.items, res.internal.tolist(), res.scores.tolist()):
+        recs = [{"item": item, "sid": index.sid_string(i), "title": titles.get(i)}
+                for item, i in zip(items, (i for i in internal if i >= 0))]
+        print(json.dumps({"history": h, "recommendations": recs, "score": round(score, 5)}))
 
 
 def _item_id(x, path: str, line: int, j: int) -> int | str:

@@ -80,12 +80,15 @@ def recommend(model: Decoder, trie: SIDTrie, vocab: Vocab, index: SIDIndex, hist
 
 def decode_users(engine: SpecEngine, catalog: Catalog, histories: Sequence[Sequence[int]], batch_size: int,
                  exclude_history: bool = False) -> tuple[BeamResult, SpecStats]:
-    """Every history (internal item ids) through `engine`, in batches of similar prompt lengths -> top-K SID
-    rows per history (U, K) on the CPU, rows in input order, and the run's statistics. exclude_history:
-    no list holds an item of its (whole) history."""
-    K, L = engine.K, catalog.trie.num_levels
+    """Every history (internal item ids) through `engine`, in batches of similar prompt lengths -> what its
+    constraint decodes per history on the CPU, rows in input order, and the run's statistics: top-K SID rows
+    (U, K) and codes (U, K, L) under the SID trie; under `ItemList` (K = 1) SID rows (U, 1, M) and tokens
+    (U, 1, M * (L + 1)). exclude_history: no output holds an item of its (whole) history."""
+    K, n = engine.K, engine.constraint.num_levels
     U, device = len(histories), engine.trie.next_state.device
-    out = BeamResult(torch.full((U, K), -1), torch.full((U, K), float("-inf")), torch.zeros(U, K, L, dtype=torch.long))
+    per_beam = engine.constraint.outputs(torch.zeros(1, K, n, dtype=torch.long, device=device)).shape[2:]  # () or (M,)
+    out = BeamResult(torch.full((U, K, *per_beam), -1), torch.full((U, K), float("-inf")),
+                     torch.zeros(U, K, n, dtype=torch.long))
     stats = SpecStats()
     for users in length_batches(histories, batch_size):
         batch = [histories[i] for i in users]

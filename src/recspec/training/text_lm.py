@@ -147,9 +147,10 @@ def save_tokenizer(tokenizer: TextTokenizer, out_dir: str) -> None:
 
 def train_text_lm(corpus: TextCorpus, tokenizer: TextTokenizer, model_cfg: ModelConfig, cfg: TextLMConfig,
                   out_dir: str | os.PathLike, dataset: str = "items", on_log: Callable[[dict], None] | None = None,
-                  progress: bool = False) -> tuple[Decoder, TextLMResult]:
-    """Train a fresh Decoder(model_cfg), initialised from cfg.seed, on the corpus's old items (resuming from
-    out_dir/last where it exists); writes tokenizer.json to out_dir. -> (the trained model, its losses)."""
+                  progress: bool = False, device: str | torch.device = "cpu") -> tuple[Decoder, TextLMResult]:
+    """Train a fresh Decoder(model_cfg) on `device`, initialised from cfg.seed, on the corpus's old items
+    (resuming from out_dir/last where it exists); writes tokenizer.json to out_dir. -> (the trained model,
+    its losses)."""
     if model_cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"model vocab_size {model_cfg.vocab_size} != tokenizer's {tokenizer.vocab_size}")
     out_dir = os.fspath(out_dir)
@@ -158,7 +159,7 @@ def train_text_lm(corpus: TextCorpus, tokenizer: TextTokenizer, model_cfg: Model
     train = text_windows(tokenizer.encode_many(corpus.old_texts(), cfg.max_len))
     heldout = text_windows(tokenizer.encode_many(corpus.new_texts(), cfg.max_len))
     torch.manual_seed(cfg.seed)
-    model = Decoder(model_cfg)
+    model = Decoder(model_cfg).to(device)
     before = sequence_loss(model, train), sequence_loss(model, heldout)
     loop, _ = run_resumable(lambda: _TextTrainer(model, train, heldout, tokenizer, cfg, out_dir, dataset,
                                                  on_log or (lambda _: None)), cfg.threads, progress)

@@ -5,6 +5,8 @@ of the old items equals plain greedy, token for token, at batch 1 and 16."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from item_corpus import write_item_json
@@ -23,7 +25,8 @@ from recspec.training.text_lm import TextLMConfig, train_text_lm
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LENGTH = 24  # tokens generated per item
-ITEMS = 200  # first new items continued (all of them in the tiny corpus)
+# first new items continued (all of them in the tiny corpus); RECSPEC_GREEDY_USERS=0: all (the full run)
+ITEMS = int(os.environ.get("RECSPEC_GREEDY_USERS", 200)) or None
 
 
 @pytest.fixture(scope="module")

@@ -198,13 +198,19 @@ class FreeText:
     def num_levels(self) -> int:
         return self.length
 
-    def allowed(self, state, banned=None):
-        V = self.vocab_size
-        tok = torch.arange(V, device=state.device)
-        open_ = torch.ones(V, dtype=torch.bool, device=state.device)
+    def __post_init__(self) -> None:
+        self._masks(torch.device("cpu"))
+
+    def _masks(self, device) -> None:
+        """The (V,) allowed-token masks of an open and an ended text, on `device` (built once: nothing is
+        copied from the host inside a round, which CUDA graph capture refuses)."""
+        open_ = torch.ones(self.vocab_size, dtype=torch.bool)
         open_[list(self.banned_tokens)] = False
-        ended = tok == self.eos
-        return torch.where((state == 1)[..., None], ended, open_)
+        object.__setattr__(self, "_open", open_.to(device))
+        object.__setattr__(self, "_ended", (torch.arange(self.vocab_size) == self.eos).to(device))
+
+    def allowed(self, state, banned=None):
+        return torch.where((state == 1)[..., None], self._ended, self._open)  # (..., V)
 
     def step(self, state, token):
         return torch.where(token == self.eos, torch.ones_like(state), state)
@@ -222,7 +228,9 @@ class FreeText:
         return 2 ** 31 - 1
 
     def to(self, device) -> "FreeText":
-        return self
+        moved = FreeText(self.vocab_size, self.length, self.eos, self.banned_tokens)
+        moved._masks(device)
+        return moved
 
 
 def as_constraint(c: "Constraint | SIDTrie") -> "Constraint":

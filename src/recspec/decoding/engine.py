@@ -94,6 +94,7 @@ class SpecEngine:
         self._round_fn = _compiled_round() if opts.compile else spec_round
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._pool = None  # the memory pool this shape's graphs share
 
     # --- buffers ------------------------------------------------------------------------------
     def _allocate(self, B: int, T: int, device) -> None:
@@ -107,6 +108,7 @@ class SpecEngine:
         self.accepted = torch.zeros(B, dtype=torch.long, device=device)
         self.banned: torch.Tensor | None = None  # (B, S) bool, allocated by the first run with exclusions
         self._shape, self._graphs = (B, T), {}
+        self._pool = None  # the old graphs' memory pool goes with them; a shared handle to it would dangle
 
     def load(self, prompts: Prompts, exclude: torch.Tensor | None = None) -> None:
         """Copy a batch of prompts (and exclusions) into the static buffers, allocating them for a new
@@ -182,7 +184,7 @@ class SpecEngine:
         torch.cuda.current_stream().wait_stream(side)
         self._restore(saved)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=getattr(self, "_pool", None)):
+        with torch.cuda.graph(graph, pool=self._pool):
             self.round(plan)
         self._pool = graph.pool()
         self._restore(saved)  # capture does not run the kernels, but keep state explicit

@@ -726,6 +726,41 @@ def distill_experiment(data: str = DATA, target: str = TARGET, teacher: str = TE
     print(f"results: {path}  plot: {png}")
 
 
+@app.command("pad-ablation")
+def pad_ablation(data: str = DATA, target: str = TARGET,
+                 out_dir: str = typer.Option(..., help="one folder per trained drafter (reused when finished)"),
+                 results: Optional[str] = typer.Option(None, help="results json (default <out-dir>/pad_ablation.json)"),
+                 drafters: str = typer.Option("draft-model,feature-head", help="drafters to ablate"),
+                 variants: str = typer.Option("base,slot,step,both-ungated,pad", help="PAD variants"),
+                 steps: int = typer.Option(300, help="training steps of every drafter (seeded, the same for all)"),
+                 unroll: int = typer.Option(3, help="unrolled draft steps in training (PAD's largest step index)"),
+                 M: int = typer.Option(10, "--M", help="items per list"), users: int = typer.Option(200, help="test users"),
+                 batch: int = typer.Option(1, help="users per decoding call"), draft_beams: int = 8, gamma: int = 4,
+                 size: str = typer.Option("draft", help="the independent draft model's preset"),
+                 batch_size: int = 32, lr: float = 1e-3, seed: int = 0, threads: int = 0, device: str = "cpu",
+                 index_dir: Optional[str] = INDEX_DIR):
+    """Which parts of PAD help which drafter: train every (drafter, variant) for the same seeded steps against
+    the target, decode the same users' greedy lists with each -> one table (JSON + PNG of per-depth acceptance)."""
+    import os
+
+    from recspec.config import UnrollConfig, to_dict
+    from recspec.evaluation.report import plot_pad_ablation, write_results
+    from recspec.training.pad_ablation import AblationConfig, run_ablation
+
+    ucfg = _checked(UnrollConfig, steps=steps, unroll=unroll, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+                    warmup_steps=min(100, max(steps // 10, 1)))
+    cfg = _checked(AblationConfig, drafters=tuple(drafters.split(",")), variants=tuple(variants.split(",")), M=M,
+                   users=users, batch=batch, train=ucfg, draft_size=size,
+                   tree=_checked(TreeConfig, draft_beams=draft_beams, gamma=gamma))
+    cat, tgt = _catalog_and_target(data, target, index_dir, device, threads)
+    rows = run_ablation(tgt.eval(), cat, cfg, out_dir, on_row=lambda r: print(r, flush=True))
+    path = write_results(rows, results or os.path.join(out_dir, "pad_ablation.json"), device,
+                         extra={"ablation": to_dict(cfg), "target": target})
+    png = plot_pad_ablation(path)
+    _print_rows(rows)
+    print(f"results: {path}  plot: {png}")
+
+
 def _usage_errors() -> tuple[type, ...]:
     """The exception classes typer raises for bad flags (its vendored click, or click itself)."""
     import importlib

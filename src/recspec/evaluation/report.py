@@ -163,3 +163,35 @@ def plot_acceptance(path: str, png: str | None = None) -> str:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def plot_pad_ablation(path: str, png: str | None = None) -> str:
+    """A PAD ablation results file -> per drafter (one column each): acceptance per draft depth, one line
+    per variant (top), and tau per variant (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        doc = json.load(f)
+    rows = [r for r in doc["rows"] if r.get("mode") == "spec"]
+    bases = list(dict.fromkeys(r["drafter"].split("+")[0] for r in rows))
+    fig, axes = plt.subplots(2, len(bases), figsize=(5 * len(bases), 7), squeeze=False)
+    for c, base in enumerate(bases):
+        mine = [r for r in rows if r["drafter"].split("+")[0] == base]
+        for r in mine:
+            depths = sorted(int(k[len("accept_d"):]) for k in r if k.startswith("accept_d"))
+            axes[0, c].plot(depths, [r[f"accept_d{j}"] for j in depths], marker="o", label=r["drafter"])
+        axes[0, c].set(xlabel="draft depth", ylabel="P(accepted | reached)", title=base, ylim=(0, 1))
+        axes[0, c].legend(fontsize=7)
+        axes[1, c].bar(range(len(mine)), [r["tau"] for r in mine])
+        axes[1, c].set_xticks(range(len(mine)), [r["drafter"] for r in mine], rotation=30, ha="right", fontsize=8)
+        axes[1, c].set_ylabel("tau (tokens per target call)")
+    fig.suptitle(f"{doc['device'][:60]}: M = {rows[0]['M'] if rows else '?'}, batch {rows[0]['batch'] if rows else '?'}",
+                 fontsize=9)
+    fig.tight_layout()
+    png = png or os.path.splitext(path)[0] + ".png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

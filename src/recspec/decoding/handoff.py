@@ -80,6 +80,6 @@ class Verdict:
     copy_src: torch.Tensor  # (B, J * K) tree slots of accepted nodes (sink: nothing)
     copy_dst: torch.Tensor  # (B, J * K) committed slots they move to (sink: nothing)
     accepted: torch.Tensor  # (B,) levels accepted this round
-    tokens: torch.Tensor | None = None  # (B, J, K) token of each new beam at each verified level (the target's
-    #                                     own at the last; a user's first accepted + 1 levels are committed)
+    tokens: torch.Tensor  # (B, J, K) token of each new beam at each verified level (the target's own at the
+    #                       last; a user's first accepted + 1 levels are committed this round)
     banned: torch.Tensor | None = None  # (B, S) the bans after the round's committed tokens (None: none)

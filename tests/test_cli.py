@@ -355,3 +355,28 @@ def test_bench_refuses_a_target_below_the_quality_gate(toy, tmp_path, monkeypatc
     assert e.value.code == 2 and err[-1].startswith("error: ") and "quality gate" in err[-1]
     assert any(line.startswith("transition") for line in err) and "gate: FAIL" in "\n".join(err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_feature_head_and_pad_draft_without_teacher_data(toy, tmp_path, capsys, monkeypatch):
+    """--objective feature-head / draft-unrolled train on the target's own outputs for exactly --steps steps and
+    write a loadable drafter in last/ (a PAD head; a PAD draft checkpoint); a teacher objective without
+    --teacher is a one-line error."""
+    from recspec.models.heads import load_head
+    from recspec.models.hf import load_checkpoint
+
+    common = [toy / "data", "--target", toy / "target", "--steps", 3, "--batch-size", 4, "--unroll", 2,
+              "--pad-slot", "--pad-step", "--size", "tiny"]
+    res = invoke("train", *common, "--objective", "feature-head", "--out", tmp_path / "head")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["steps"] == 3 and out["stop_reason"] == "done" and out["checkpoint"] == str(tmp_path / "head" / "last")
+    head, meta = load_head(out["checkpoint"])
+    assert meta.role == "feature-head" and head.pad is not None and head.pad.cfg.k_max == 2
+    res = invoke("train", *common, "--no-pad-gate", "--objective", "draft-unrolled", "--out", tmp_path / "draft")
+    draft, _ = load_checkpoint(json.loads(res.stdout.strip().splitlines()[-1])["checkpoint"])
+    assert draft.pad is not None and not draft.pad.cfg.gate and draft.cfg.hidden_size == 32
+    monkeypatch.setattr("sys.argv", ["recspec", "distill", "train", str(toy / "data"), "--target", str(toy / "target"),
+                                     "--objective", "ce", "--out", str(tmp_path / "ce")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "needs --teacher" in err and len(err.splitlines()) == 1

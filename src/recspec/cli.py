@@ -624,8 +624,11 @@ def _open_teacher(folder: str, target, cat):
 
 
 @distill_app.command("train")
-def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER,
-                  objective: str = typer.Option(..., help="ce, wordkd, tvd, seqkd, atspeed-s or atspeed-r"),
+def distill_train(data: str = DATA, target: str = TARGET,
+                  teacher: Optional[str] = typer.Option(None, help="teacher data folder (recspec distill teacher); "
+                                                        "the teacher objectives need it, feature-head and draft-unrolled not"),
+                  objective: str = typer.Option(..., help="ce, wordkd, tvd, seqkd, atspeed-s, atspeed-r (teacher data), "
+                                                          "feature-head or draft-unrolled (the target's own outputs)"),
                   out: str = typer.Option(..., help="run folder (checkpoints, resume)"),
                   size: str = typer.Option("draft", help="draft model preset: tiny, draft, demo, small, ..."),
                   epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, alpha: float = 0.7,
@@ -633,16 +636,33 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
                   beta: float = typer.Option(1.0, help="AtSpeed-S: weight of the density (entropy) term"), warmup_steps: int = 100,
                   eval_users: int = 200, eval_every: int = 0, eval_K: int = typer.Option(10, "--eval-K"),
                   draft_beams: int = 40, gamma: int = 3, max_steps: int = 0, time_limit_s: float = 0.0,
+                  steps: int = typer.Option(2000, help="feature-head, draft-unrolled: optimiser steps (UnrollConfig.steps)"),
+                  unroll: int = typer.Option(3, help="feature-head, draft-unrolled: unrolled draft steps k_max"),
+                  pad_slot: bool = typer.Option(False, help="feature-head, draft-unrolled: PAD slot embeddings"),
+                  pad_step: bool = typer.Option(False, help="feature-head, draft-unrolled: PAD step embeddings"),
+                  pad_gate: bool = typer.Option(True, help="feature-head, draft-unrolled: gate the PAD step embedding"),
+                  feature_weight: float = typer.Option(1.0, help="feature-head: weight of the SmoothL1 feature loss"),
+                  ce_weight: float = typer.Option(0.1, help="feature-head: weight of the soft cross-entropy"),
                   threads: int = 0, seed: int = 0, device: str = "cpu", index_dir: Optional[str] = INDEX_DIR):
-    """Train a draft on teacher data with one alignment objective; best/ = most accepted levels on validation."""
+    """Train a drafter: a draft on teacher data with one alignment objective (best/ = most accepted levels on
+    validation), or a feature head / PAD draft on the target's own outputs for exactly --steps steps (last/)."""
     import dataclasses
 
     import torch
 
-    from recspec.config import DistillConfig, ModelConfig
+    from recspec.config import UNROLLED_OBJECTIVES, DistillConfig, ModelConfig, UnrollConfig
     from recspec.models.decoder import Decoder
     from recspec.training.distill import distill
 
+    if objective in UNROLLED_OBJECTIVES:
+        cfg = _checked(UnrollConfig, objective=objective, steps=steps, batch_size=batch_size, lr=lr,
+                       warmup_steps=warmup_steps, unroll=unroll, feature_weight=feature_weight, ce_weight=ce_weight,
+                       pad_slot=pad_slot, pad_step=pad_step, pad_gate=pad_gate, seed=seed, max_steps=max_steps,
+                       threads=threads)
+        _train_unrolled(data, target, cfg, out, size, index_dir, device)
+        return
+    if teacher is None:
+        raise RecSpecError(f"--objective {objective}: needs --teacher (recspec distill teacher)")
     cfg = _checked(DistillConfig, objective=objective, alpha=alpha, K=K, beta=beta, epochs=epochs, batch_size=batch_size, lr=lr,
                    warmup_steps=warmup_steps, eval_every=eval_every, eval_users=eval_users,
                    eval_decode=_checked(DecodeConfig, K=eval_K, tree=TreeConfig(draft_beams=draft_beams, gamma=gamma)),
@@ -655,6 +675,20 @@ def distill_train(data: str = DATA, target: str = TARGET, teacher: str = TEACHER
     res = distill(draft, tgt, td, cat, cfg, out, on_log=_collect(evals))
     _print_evals(evals)
     print(json.dumps(_json_safe(dataclasses.asdict(res))))
+
+
+def _train_unrolled(data: str, target: str, cfg, out: str, size: str, index_dir: Optional[str], device: str) -> None:
+    """`distill train` for the objectives trained on the target's own outputs (training/unrolled.py)."""
+    import dataclasses
+
+    from recspec.config import ModelConfig
+    from recspec.training.unrolled import new_drafter, train_unrolled
+
+    cat, tgt = _catalog_and_target(data, target, index_dir, device, cfg.threads)
+    _checked(ModelConfig.preset, cat.vocab.size, size)
+    model = new_drafter(tgt, cat.vocab, cfg, size)
+    res = train_unrolled(model, tgt, cat.data, cat.index, cat.vocab, cfg, out)
+    print(json.dumps(dataclasses.asdict(res)))
 
 
 def _json_safe(d: dict) -> dict:

@@ -7,6 +7,30 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class PADConfig:
+    """Position-aware drafting (models/pad.py, spec listwise-and-pad.md section 3): slot and step embeddings
+    added to a drafter's input, starting as the identity. The slot of the token being predicted follows from
+    the token fed: after a level-l code comes level l + 1 (L: <eos>), after <eos> or <bos> level 0, after
+    anything else L + 1."""
+
+    level_sizes: tuple[int, ...]  # the SID codebooks (the catalogue's `Vocab.level_sizes`): L = len
+    k_max: int = 3  # step indices 0..k_max (0: the pass over accepted tokens; deeper draft steps share k_max)
+    slot: bool = True  # h <- h + alpha * E_item[slot] (alpha learnable, starts at 0)
+    step: bool = True  # h <- h + g * E_step[step] (E_step starts at 0)
+    gate: bool = True  # g = sigmoid(W_g [h ; E_step[step]] + b_g), W_g = 0, b_g = -2 at init; False: g = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))  # json lists
+        if not self.level_sizes or min(self.level_sizes) < 1 or self.k_max < 0:
+            raise ValueError(f"PAD needs level sizes >= 1 and k_max >= 0, got {self.level_sizes}, {self.k_max}")
+
+    @property
+    def num_slots(self) -> int:
+        """L SID levels, <eos>, anything else."""
+        return len(self.level_sizes) + 2
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A LLaMA-architecture decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
 
@@ -21,6 +45,7 @@ class ModelConfig:
     rms_eps: float = 1e-6  # RMSNorm epsilon
     tie_embeddings: bool = False  # share input embedding and LM head
     dropout: float = 0.0  # training only: on the embeddings and on each attention / MLP output (0: none)
+    pad: PADConfig | None = None  # position-aware drafting after the token embedding (drafters; None: none)
 
     @property
     def head_dim(self) -> int:
@@ -33,6 +58,8 @@ class ModelConfig:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if isinstance(self.pad, dict):  # read back from json
+            object.__setattr__(self, "pad", PADConfig(**self.pad))
 
     @classmethod
     def preset(cls, vocab_size: int, size: str, **fields) -> "ModelConfig":
@@ -253,3 +280,57 @@ class DistillConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.K < 1 or self.batch_size < 1:
             raise ValueError("K and batch_size must be >= 1")
+
+
+# Objectives of drafters trained on the target's own hidden states and distributions over the training
+# sequences, no teacher data (training/unrolled.py): `recspec distill train --objective feature-head`. Kept
+# apart from OBJECTIVE_NAMES, the teacher-data objectives the distillation experiment trains one draft each for.
+UNROLLED_OBJECTIVES = ("feature-head", "draft-unrolled")
+
+
+@dataclass(frozen=True)
+class UnrollConfig:
+    """One unrolled drafter training run (training/unrolled.py). Every run takes exactly `steps` seeded
+    optimiser steps: the clock never decides what a drafter learns, so ablation variants compare fairly.
+
+    feature-head    an EAGLE-style head (models/heads.py) on the target's hidden states: pass 0 reads the
+                    target's features, pass k = 1..unroll its own pass k - 1 predictions, with step index k;
+                    loss = mean over passes of feature_weight * SmoothL1(feature) + ce_weight * soft CE
+    draft-unrolled  a draft decoder of --size: each window is cut into simulated rounds (a pending token at
+                    step 0, then drafted tokens at steps 1..unroll, as the draft model drafter feeds them);
+                    loss = soft CE against the target's next-token distribution at every position
+    """
+
+    objective: str = "feature-head"  # one of UNROLLED_OBJECTIVES
+    steps: int = 2000  # optimiser steps of the run (the schedule's length; the same for every variant)
+    batch_size: int = 32  # training windows per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # max gradient norm
+    unroll: int = 3  # k_max: unrolled draft steps after pass 0 (the PAD module's largest step index)
+    feature_weight: float = 1.0  # feature-head: weight of SmoothL1(predicted feature, target's next hidden)
+    ce_weight: float = 0.1  # feature-head: weight of the soft cross-entropy to the target's next-token distribution
+    pad_slot: bool = False  # PAD slot embeddings (PADConfig.slot); no PAD module when neither slot nor step
+    pad_step: bool = False  # PAD step embeddings (PADConfig.step)
+    pad_gate: bool = True  # gate the step embedding (PADConfig.gate)
+    window_items: int = 21  # items per training window (as TrainConfig)
+    window_stride: int = 10  # items between window starts
+    precision: str = "auto"  # "fp32", "bf16", "auto": bf16 on a GPU (as TrainConfig)
+    seed: int = 0  # batch order, round cuts (draft-unrolled)
+    max_steps: int = 0  # stop after this many steps without changing the schedule (0: run all `steps`)
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def __post_init__(self) -> None:
+        if self.objective not in UNROLLED_OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(UNROLLED_OBJECTIVES)}")
+        if self.steps < 1 or self.batch_size < 1 or self.unroll < 0:
+            raise ValueError("steps and batch_size must be >= 1, unroll >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def pad(self, level_sizes: tuple[int, ...]) -> PADConfig | None:
+        """The PAD module these switches ask for over a catalogue's SID levels (None: neither slot nor step)."""
+        if not (self.pad_slot or self.pad_step):
+            return None
+        return PADConfig(level_sizes, k_max=self.unroll, slot=self.pad_slot, step=self.pad_step, gate=self.pad_gate)

@@ -29,20 +29,22 @@ from recspec.decoding.tree import Layout, gather_rows
 from recspec.decoding.tree_shape import TreeShape, no_tree, tree_shape
 from recspec.decoding.verify import make_rule
 from recspec.models.decoder import Decoder
+from recspec.models.heads import FeatureHead
 
 
 def build_engine(target: Decoder, constraint: Constraint | SIDTrie, cfg: DecodeConfig,
-                 draft: Decoder | str | None = None, prior: torch.Tensor | None = None) -> "SpecEngine":
+                 draft: Decoder | FeatureHead | str | None = None, prior: torch.Tensor | None = None) -> "SpecEngine":
     """The engine `cfg` describes, on the target's device. constraint: what is decoded (a SID trie: top-K
-    items; `constraints.ItemList`: a list; `constraints.FreeText`: text). draft: a draft `Decoder`, a
-    drafter's registry name ("trie", "ngram"), or None (no tree: plain beam search, greedy at K = 1).
+    items; `constraints.ItemList`: a list; `constraints.FreeText`: text). draft: a draft `Decoder`, a feature
+    head (`models.heads.FeatureHead`, greedy K = 1), an `NGramTable`, a drafter's registry name ("trie"), or
+    None (no tree: plain beam search, greedy at K = 1).
     prior: (S,) the trie drafter's ranking of children (`Catalog.popularity`). The tree is cfg.tree's
     (auto: from the SID trie, K and the device's budget); relaxed sampling draws from a generator seeded
     with cfg.seed, or from torch's global RNG under graphs / compile (seed it with torch.manual_seed)."""
     device = next(target.parameters()).device
     constraint = as_constraint(constraint).to(device)
     shape = tree_shape(cfg, constraint, device) if draft is not None else no_tree(cfg.K)
-    drafter = make_drafter(draft, constraint, shape, prior) if draft is not None else None
+    drafter = make_drafter(draft, constraint, shape, prior, target) if draft is not None else None
     static = cfg.engine.cuda_graphs or cfg.engine.compile  # captured or compiled rounds: the global RNG
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if not static else None
     return SpecEngine(target, drafter, constraint, cfg, shape, gen)

@@ -64,7 +64,11 @@ class Scores:
 
     beams: torch.Tensor  # (B, M, V) log-probs of the next token after each current beam
     tree: torch.Tensor | None  # (B, d, N, V) log-probs after each tree node (-inf rows: nodes not fed)
-    hidden: torch.Tensor  # (B, Q, C) final hidden states of the Q tokens fed (for feature-level drafters)
+    hidden: torch.Tensor  # (B, Q, C) final hidden states of the Q tokens fed (for feature-level drafters):
+    #                       Q - sum(fed) rows of the beams' tokens (the prompt on the first round), then each tree
+    #                       level's first fed[j] nodes
+    fed: tuple[int, ...] = ()  # tree nodes fed per level (static per round plan; () without a tree)
+    prefill: bool = False  # the pass began with the prompt (first round): its rows are the prompt's columns
 
 
 @dataclass(frozen=True)
@@ -76,4 +80,6 @@ class Verdict:
     copy_src: torch.Tensor  # (B, J * K) tree slots of accepted nodes (sink: nothing)
     copy_dst: torch.Tensor  # (B, J * K) committed slots they move to (sink: nothing)
     accepted: torch.Tensor  # (B,) levels accepted this round
+    tokens: torch.Tensor  # (B, J, K) token of each new beam at each verified level (the target's own at the
+    #                       last; a user's first accepted + 1 levels are committed this round)
     banned: torch.Tensor | None = None  # (B, S) the bans after the round's committed tokens (None: none)

@@ -65,7 +65,7 @@ def spec_round(s: RoundState, beams: Beams, plan: RoundPlan, eager: bool) -> tup
     tree = propose(s, f, plan)
     scores = score(s, f, tree, trim=eager)
     beams, verdict = verify(s, beams, scores, tree, early_exit=eager)
-    commit(s, verdict)
+    commit(s, f, scores, verdict)
     return beams, verdict
 
 
@@ -119,7 +119,7 @@ def score(s: RoundState, f: Frontier, tree: DraftTree | None, trim: bool = False
     logp = torch.log_softmax(logits.float(), dim=-1)
     logp_beams = logp[:, head - 1:head].expand(-1, f.scores.shape[1], -1) if f.pending is None else logp[:, :head]
     logp_tree = _tree_rows(logp[:, head:], widths, lay.N) if tree is not None else None
-    return Scores(beams=logp_beams, tree=logp_tree, hidden=hidden)
+    return Scores(beams=logp_beams, tree=logp_tree, hidden=hidden, fed=tuple(widths), prefill=f.pending is None)
 
 
 def _tree_widths(tree: DraftTree, trim: bool) -> list[int]:
@@ -154,7 +154,7 @@ def verify(s: RoundState, beams: Beams, scores: Scores, tree: DraftTree | None,
     alive = beams.level < lay.end  # users still verifying this round
     d_user = (lay.end - 1 - beams.level).clamp(min=0).clamp(max=tree.depth if tree is not None else 0)
     beam_node = torch.arange(beams.scores.shape[1], device=dev).expand(B, -1)
-    nodes, src, dst, banned = [], [], [], s.banned
+    nodes, toks, src, dst, banned = [], [], [], [], s.banned
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
     j = 0
     while True:
@@ -168,6 +168,7 @@ def verify(s: RoundState, beams: Beams, scores: Scores, tree: DraftTree | None,
         slots_now = lay.committed_slots(beams.level.clamp(1, lay.L))  # (B, K) where this level is committed
         keep = (ok & (beams.level <= lay.L))[:, None]
         nodes.append(torch.where(keep, c.node, -1))
+        toks.append(c.token)
         src.append(torch.where(keep, lay.tree_base + j * lay.N + c.node.clamp(min=0), lay.sink))
         dst.append(torch.where(keep, slots_now, lay.sink))
         accepted += ok.long()
@@ -176,16 +177,19 @@ def verify(s: RoundState, beams: Beams, scores: Scores, tree: DraftTree | None,
             break
         logp = gather_rows(scores.tree[:, j], c.node.clamp(min=0))  # (B, K, V) target log-probs after the new beams
         beam_node, j = c.node, j + 1
-    return beams, Verdict(torch.stack(nodes, 1), torch.cat(src, 1), torch.cat(dst, 1), accepted, banned)
+    return beams, Verdict(torch.stack(nodes, 1), torch.cat(src, 1), torch.cat(dst, 1), accepted,
+                          torch.stack(toks, 1), banned)
 
 
-def commit(s: RoundState, verdict: Verdict) -> None:
-    """Move the accepted nodes' KV into their committed slots, in the target's cache and the drafter's."""
+def commit(s: RoundState, f: Frontier, scores: Scores, verdict: Verdict) -> None:
+    """Move the accepted nodes' KV into their committed slots, in the target's cache; the drafter learns what
+    was kept (from the frontier the round started at, and the target's pass: feature drafters read its hidden
+    states)."""
     s.cache.copy_slots(verdict.copy_src, verdict.copy_dst)
     if s.banned is not None and verdict.banned is not s.banned:
         s.banned.copy_(verdict.banned)
     if s.drafter is not None:
-        s.drafter.observe(verdict)
+        s.drafter.observe(f, scores, verdict)
 
 
 def initial_beams(B: int, K: int, L: int, lay: Layout, root: int, device) -> Beams:

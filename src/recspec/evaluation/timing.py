@@ -214,7 +214,7 @@ def round_by_phases(engine: SpecEngine, plan: RoundPlan, measure: Measure) -> tu
         "propose": lambda: box.update(tree=propose(s, f, plan)),
         "score": lambda: box.update(scores=score(s, f, box["tree"], trim=eager)),
         "verify": lambda: box.update(out=verify(s, engine.beams, box["scores"], box["tree"], early_exit=eager)),
-        "commit": lambda: commit(s, box["out"][1]),
+        "commit": lambda: commit(s, f, box["scores"], box["out"][1]),
     }
     figures = {}
     for name in PHASES:

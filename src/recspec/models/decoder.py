@@ -15,6 +15,7 @@ from torch import nn
 
 from recspec.config import ModelConfig
 from recspec.models.kv_cache import KVCache
+from recspec.models.pad import PADModule
 
 
 class RMSNorm(nn.Module):
@@ -139,6 +140,9 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.apply(self._init)
+        # position-aware drafting after the token embedding (models/pad.py), built last so the other weights
+        # draw what they draw without it; None (every checkpoint without it): no module, the forward unchanged
+        self.pad = PADModule(cfg.pad, cfg.hidden_size, cfg.vocab_size) if cfg.pad is not None else None
         self.stream_dtype: torch.dtype | None = None  # residual stream dtype (None: the embeddings'); bf16_inference
 
     @staticmethod
@@ -146,9 +150,14 @@ class Decoder(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
 
-    def hidden(self, tokens, positions, mask=None, cache: KVCache | None = None, slots=None) -> torch.Tensor:
-        """tokens, positions (B, Q) -> final hidden states (B, Q, C), in the final norm's dtype."""
-        x = _drop(self.model.embed_tokens(tokens), self.cfg.dropout, self.training)
+    def hidden(self, tokens, positions, mask=None, cache: KVCache | None = None, slots=None,
+               steps: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens, positions (B, Q) -> final hidden states (B, Q, C), in the final norm's dtype. steps (B, Q):
+        the tokens' draft depths for a PAD module (None: 0; ignored without one)."""
+        x = self.model.embed_tokens(tokens)
+        if self.pad is not None:
+            x = self.pad(x, tokens, steps)
+        x = _drop(x, self.cfg.dropout, self.training)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)  # the layers' dtype
         x = x.to(self.stream_dtype or x.dtype)
         for block in self.model.layers:
@@ -156,13 +165,13 @@ class Decoder(nn.Module):
         return self.model.norm(x)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache,
-                slots: torch.Tensor, with_hidden: bool = False):
+                slots: torch.Tensor, with_hidden: bool = False, steps: torch.Tensor | None = None):
         """tokens, positions, slots (B, Q); mask (B, Q, S) bool over cache slots -> logits (B, Q, V), and
-        with_hidden also the final hidden states (B, Q, C): (logits, hidden).
+        with_hidden also the final hidden states (B, Q, C): (logits, hidden). steps: as in `hidden`.
 
         Keys/values of the Q tokens are written to `slots` before attention, so a query may attend
         to itself and to tokens of the same call (tree attention)."""
-        hidden = self.hidden(tokens, positions, mask, cache, slots)
+        hidden = self.hidden(tokens, positions, mask, cache, slots, steps)
         return (self.head(hidden), hidden) if with_hidden else self.head(hidden)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

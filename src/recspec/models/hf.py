@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from recspec.config import ModelConfig
+from recspec.config import ModelConfig, PADConfig, to_dict
 from recspec.data.vocab import BOS, EOS, PAD, Vocab
 from recspec.errors import CheckpointError
 from recspec.models.decoder import Decoder
@@ -30,6 +30,7 @@ class CheckpointMeta:
 
 
 def hf_config(cfg: ModelConfig) -> dict:
+    pad = {"recspec_pad": to_dict(cfg.pad)} if cfg.pad is not None else {}  # ours; absent: no PAD module
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -53,6 +54,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "bos_token_id": BOS,
         "eos_token_id": EOS,
         "torch_dtype": "float32",
+        **pad,
     }
 
 
@@ -70,7 +72,8 @@ def model_config_from_hf(d: dict, where: str) -> ModelConfig:
             num_heads=d["num_attention_heads"], num_kv_heads=d.get("num_key_value_heads", d["num_attention_heads"]),
             intermediate_size=d["intermediate_size"], max_positions=d.get("max_position_embeddings", 512),
             rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))), rms_eps=d.get("rms_norm_eps", 1e-6),
-            tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=float(d.get("recspec_dropout", 0.0)))
+            tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=float(d.get("recspec_dropout", 0.0)),
+            pad=PADConfig(**d["recspec_pad"]) if d.get("recspec_pad") else None)
     except KeyError as e:
         raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:  # wrong field types, heads not dividing the width
@@ -91,9 +94,19 @@ def save_checkpoint(model: Decoder, meta: CheckpointMeta, folder: str | os.PathL
     save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(model.cfg), f, indent=2)
-    with open(os.path.join(tmp, "recspec.json"), "w") as f:
+    write_meta(tmp, meta)
+    replace_folder(tmp, folder)
+
+
+def write_meta(folder: str, meta: CheckpointMeta) -> None:
+    """folder/recspec.json: what the checkpoint was trained on (read back by `read_meta`)."""
+    with open(os.path.join(folder, "recspec.json"), "w") as f:
         json.dump({"vocab": meta.vocab.to_dict(), "index_fingerprint": meta.index_fingerprint,
                    "role": meta.role, "extra": meta.extra or {}}, f, indent=2)
+
+
+def replace_folder(tmp: str, folder: str) -> None:
+    """Rename the finished folder `tmp` to `folder`, replacing what was there."""
     if os.path.isdir(folder):
         old = folder.rstrip("/") + ".old"
         os.replace(folder, old)
@@ -105,6 +118,53 @@ def save_checkpoint(model: Decoder, meta: CheckpointMeta, folder: str | os.PathL
         os.replace(tmp, folder)
 
 
+def read_json(path: str) -> dict:
+    """A json object from `path` (CheckpointError where it is not one)."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: line {e.lineno}: not valid json") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a json object, got {type(raw).__name__}")
+    return raw
+
+
+def load_weights(module: torch.nn.Module, path: str, config: str, tied: tuple[str, str] | None = None) -> None:
+    """Load safetensors weights into `module` (built from the file named `config`), refusing missing,
+    unexpected or misshapen tensors. tied: (name, source) filled from source where the file leaves it out."""
+    try:
+        state = load_file(path)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if tied is not None and tied[1] in state:
+        state.setdefault(tied[0], state[tied[1]])
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match {config} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    wrong = [k for k in expected if state[k].shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{path}: weights do not match {config} ({k} has shape {tuple(state[k].shape)}, "
+                              f"{config} implies {tuple(expected[k].shape)})")
+    module.load_state_dict(state)
+
+
+def read_meta(folder: str) -> CheckpointMeta | None:
+    """folder/recspec.json as written by `write_meta`; None where there is none."""
+    meta_path = os.path.join(folder, "recspec.json")
+    if not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path) as f:
+            m = json.load(f)
+        return CheckpointMeta(Vocab.from_dict(m["vocab"]), m["index_fingerprint"], m.get("role", "target"), m.get("extra"))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{meta_path}: malformed recspec metadata ({type(e).__name__}: {e})") from None
+
+
 def load_checkpoint(folder: str | os.PathLike, device="cpu", dtype=torch.float32) -> tuple[Decoder, CheckpointMeta | None]:
     """Load ours or any bias-free LLaMA checkpoint (then meta is None)."""
     folder = os.fspath(folder)
@@ -112,42 +172,10 @@ def load_checkpoint(folder: str | os.PathLike, device="cpu", dtype=torch.float32
     for p in (cfg_path, w_path):
         if not os.path.isfile(p):
             raise CheckpointError(f"{folder}: not a checkpoint folder ({os.path.basename(p)} missing)")
-    try:
-        with open(cfg_path) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: line {e.lineno}: not valid json") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{cfg_path}: expected a json object, got {type(raw).__name__}")
-    cfg = model_config_from_hf(raw, cfg_path)
+    cfg = model_config_from_hf(read_json(cfg_path), cfg_path)
     model = Decoder(cfg)
-    try:
-        state = load_file(w_path)
-    except SafetensorError as e:
-        raise CheckpointError(f"{w_path}: not a readable safetensors file ({e})") from None
-    if cfg.tie_embeddings and "model.embed_tokens.weight" in state:
-        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{w_path}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    wrong = [k for k in expected if state[k].shape != expected[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{w_path}: weights do not match config.json ({k} has shape {tuple(state[k].shape)}, "
-                              f"config.json implies {tuple(expected[k].shape)})")
-    model.load_state_dict(state)
-    meta = None
-    meta_path = os.path.join(folder, "recspec.json")
-    if os.path.isfile(meta_path):
-        try:
-            with open(meta_path) as f:
-                m = json.load(f)
-            meta = CheckpointMeta(Vocab.from_dict(m["vocab"]), m["index_fingerprint"], m.get("role", "target"), m.get("extra"))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{meta_path}: malformed recspec metadata ({type(e).__name__}: {e})") from None
-    return model.to(device=device, dtype=dtype).eval(), meta
+    load_weights(model, w_path, "config.json", ("lm_head.weight", "model.embed_tokens.weight") if cfg.tie_embeddings else None)
+    return model.to(device=device, dtype=dtype).eval(), read_meta(folder)
 
 
 INFERENCE_PRECISIONS = ("fp32", "bf16", "bf16-all")  # for_inference / load_for_inference

@@ -15,9 +15,13 @@ run is refused: autocast caches its bf16 copy of each weight until the context e
 forward would see the initial weights while AdamW updated the fp32 ones, and the model learned would
 only work on that stale copy (it scored ~0 once evaluated outside the context; tests/training).
 
-The config is duck-typed: any frozen dataclass with the fields epochs, lr, warmup_steps,
-weight_decay, grad_clip, eval_every, eval_users, seed, max_steps, time_limit_s, threads
-(TrainConfig, DistillConfig); steps, patience and precision are optional (0, 0, "auto").
+The config is duck-typed: any frozen dataclass with the fields lr, warmup_steps, weight_decay,
+grad_clip, seed, max_steps, threads and either steps or epochs (TrainConfig, DistillConfig,
+UnrollConfig); steps, epochs, patience, eval_every, time_limit_s and precision are optional (0, 0, 0,
+0, 0, "auto").
+
+The model is any module with a `cfg`; checkpoints are `save_checkpoint` folders unless a subclass
+overrides `save_model` / `load_model` (feature heads: `models.heads.save_head`).
 
 On disk (out_dir):
     last/               model (save_checkpoint) + optim.safetensors (AdamW moments) + optim.json
@@ -198,7 +202,19 @@ class TrainLoop:
         """Validation values, `metric` among them; None where there is nothing to validate on."""
         raise NotImplementedError
 
+    @property
+    def eval_every(self) -> int:
+        return getattr(self.cfg, "eval_every", 0)
+
     # --- checkpoints ------------------------------------------------------------------------------
+    def save_model(self, folder: str, meta: CheckpointMeta) -> None:
+        """Write the model's checkpoint folder (weights and meta; the optimiser state is written beside it)."""
+        save_checkpoint(self.model, meta, folder)
+
+    def load_model(self, folder: str):
+        """A checkpoint folder `save_model` wrote -> (a model with its `cfg`, its CheckpointMeta)."""
+        return load_checkpoint(folder)
+
     def _identity(self) -> dict:
         """What a resumed run must share with the saved one."""
         cfg = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_CHANGES}
@@ -212,7 +228,7 @@ class TrainLoop:
     def save_last(self) -> None:
         folder = os.path.join(self.out_dir, "last")
         staging = folder + ".partial"
-        save_checkpoint(self.model, self._meta(), staging)
+        self.save_model(staging, self._meta())
         if getattr(self.cfg, "optimizer_state", True):  # off: weights only (a 3B model's AdamW state is 25 GB)
             tensors, steps = optimizer_tensors(self.opt, self.model)
             save_file(tensors, os.path.join(staging, "optim.safetensors"), metadata={"format": "pt"})
@@ -229,7 +245,7 @@ class TrainLoop:
         folder = last_folder(self.out_dir)
         if folder is None:
             return
-        saved, meta = load_checkpoint(folder)
+        saved, meta = self.load_model(folder)
         check_fits(meta, self.info.vocab, self.info.index_fingerprint, folder)
         train = (meta.extra or {}).get("train", {})
         mine = self._identity()
@@ -267,7 +283,7 @@ class TrainLoop:
         if self.state.best is None or value > self.state.best:
             self.state.best, self.state.best_step, self.state.stale = value, self.state.step, 0
             folder = os.path.join(self.out_dir, "best")
-            save_checkpoint(self.model, self._meta(metrics=m), folder)
+            self.save_model(folder, self._meta(metrics=m))
             self.log({"event": "best", "step": self.state.step, self.metric: value, "path": folder})
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -296,7 +312,8 @@ class TrainLoop:
         patience = getattr(self.cfg, "patience", 0)
         if patience and self.state.stale >= patience:
             return "early_stop"
-        if self.cfg.time_limit_s and self.clock() - self.t0 >= self.cfg.time_limit_s:
+        limit = getattr(self.cfg, "time_limit_s", 0.0)
+        if limit and self.clock() - self.t0 >= limit:
             return "time_limit"
         return None
 
@@ -311,7 +328,7 @@ class TrainLoop:
             if self.state.step % LOG_EVERY == 0 or end_of_epoch or self.state.step == self.total:
                 self._log_train(bar, float(loss_sum) / n)  # host sync: once per LOG_EVERY steps
                 loss_sum, n = torch.zeros((), device=self.device), 0
-            if self.cfg.eval_every and self.state.step % self.cfg.eval_every == 0:
+            if self.eval_every and self.state.step % self.eval_every == 0:
                 self.validate()
                 self.save_last()
             reason = self.stop_reason()
@@ -336,7 +353,7 @@ class TrainLoop:
                 reason = self.run_epoch(bar)
                 if self.state.step % self.per_epoch == 0 and self.state.step > self.state.epoch * self.per_epoch:
                     self.state.epoch += 1
-                    if not self.cfg.eval_every:
+                    if not self.eval_every:
                         self.validate()
                         self.save_last()
                         reason = reason or self.stop_reason()

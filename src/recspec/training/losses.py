@@ -165,3 +165,26 @@ def atspeed_r(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: 
 def mix(ce_loss: torch.Tensor, align_loss: torch.Tensor, alpha: float = 0.7) -> torch.Tensor:
     """(1 - alpha) * CE(ground truth) + alpha * L_align (the paper's alpha is 0.7)."""
     return (1.0 - alpha) * ce_loss + alpha * align_loss
+
+
+# --- drafters trained on the target's own outputs (training/unrolled.py): over the whole vocabulary -------
+def soft_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft cross-entropy to the teacher's full next-token distribution, ell = -sum_v p_v log q_v with
+    p = softmax(t), q = softmax(s) over all V tokens (no level mask: the drafter learns the target's
+    distribution as the target computes it). Its gradient is that of KL(p || q)."""
+    logq = student_logits.float().log_softmax(dim=-1)
+    p = teacher_logits.detach().float().softmax(dim=-1)
+    return weighted_mean(-(p * logq).sum(-1), weights)
+
+
+def feature_head_loss(pred: torch.Tensor, feature: torch.Tensor, student_logits: torch.Tensor,
+                      teacher_logits: torch.Tensor, weights: torch.Tensor | None = None,
+                      feature_weight: float = 1.0, ce_weight: float = 0.1) -> torch.Tensor:
+    """EAGLE's loss for a feature head: ell = feature_weight * SmoothL1(f^, f) + ce_weight * soft CE(p, q).
+
+    pred, feature (..., C): the head's predicted feature and the target's real one (its final hidden state);
+    SmoothL1 (beta 1) is averaged over the C channels. student_logits (..., V): the target's LM head on pred;
+    teacher_logits (..., V): on feature. weights (...) as everywhere here."""
+    l1 = torch.nn.functional.smooth_l1_loss(pred.float(), feature.detach().float(), reduction="none").mean(-1)
+    return feature_weight * weighted_mean(l1, weights) + ce_weight * soft_ce(student_logits, teacher_logits, weights)

@@ -14,10 +14,11 @@ import torch
 
 from recspec.data.vocab import Prompts
 from recspec.decoding.constraints import Constraint, as_constraint
-from recspec.decoding.handoff import Frontier, Sampling, Verdict
+from recspec.decoding.handoff import Frontier, Sampling, Scores, Verdict
 from recspec.decoding.tree import DraftTree, Layout
 from recspec.decoding.tree_shape import TreeShape
 from recspec.models.decoder import Decoder
+from recspec.models.heads import FeatureHead
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class DrafterInputs:
     model: Decoder | None = None  # a draft checkpoint (model drafters)
     prior: torch.Tensor | None = None  # (S,) log P(child state | parent state), e.g. `Catalog.popularity`
     table: object | None = None  # an n-gram table (`drafters.ngram.NGramTable`), for retrieval drafters
+    head: FeatureHead | None = None  # a feature-level draft head (`models.heads`), for the feature-head drafter
+    target: Decoder | None = None  # the target being drafted for (feature drafters read its embeddings, LM head)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "constraint", as_constraint(self.constraint))  # a bare SID trie: one item
@@ -49,8 +52,9 @@ class Drafter(Protocol):
         `draws` filled). widths: at most widths[j] nodes at level j (the rest invalid padding; the tree's
         `fed`)."""
 
-    def observe(self, verdict: Verdict) -> None:
-        """Learn what the target kept (compact caches, update statistics)."""
+    def observe(self, frontier: Frontier, scores: Scores, verdict: Verdict) -> None:
+        """Learn what the target kept (compact caches, update statistics): the round started at `frontier`,
+        the target's pass gave `scores` (log-probs and hidden states), verification kept `verdict`."""
 
     def state_tensors(self) -> tuple[torch.Tensor, ...]:
         """Tensors a round mutates (restored around CUDA-graph warm-up); () where none."""

@@ -3,6 +3,10 @@
 Its cache has the target's layout, so committing accepted nodes is the same slot copy in both.
 Node scores start from the target's cumulative log-probs of the current beams and add the
 draft's own log-probs, so the draft ranks extensions the way the target would if it agreed.
+
+A draft with a PAD module (models/pad.py) is fed each token's step index: 0 for the prompt and the pending
+beam tokens, j + 1 for a token drafted at tree level j (an accepted node keeps the keys/values it was drafted
+with, as `training/unrolled.py` trains it).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 from recspec.data.vocab import Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
 from recspec.decoding.drafters.select import level_widths, select_nodes
-from recspec.decoding.handoff import Frontier, Sampling, Verdict
+from recspec.decoding.handoff import Frontier, Sampling, Scores, Verdict
 from recspec.decoding.prompt import prefill, prompt_key_mask
 from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, pad_rows, path_mask, stack_levels
 from recspec.decoding.verify import candidate_scores
@@ -53,7 +57,7 @@ class DraftModelDrafter:
         """Tensors a round mutates (restored around CUDA-graph warm-up)."""
         return (self.cache.k, self.cache.v)
 
-    def observe(self, verdict: Verdict) -> None:
+    def observe(self, frontier: Frontier, scores: Scores, verdict: Verdict) -> None:
         self.cache.copy_slots(verdict.copy_src, verdict.copy_dst)
 
     def _frontier_logp(self, f: Frontier) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,11 +92,12 @@ class DraftModelDrafter:
             slots = self.layout.tree_slots(j, B, scores.device)[:, :w]
             mask = extend_mask(mask, parent, slots)
             pos = (self.lengths + frontier.level + j)[:, None].expand(B, w)
+            steps = None if self.model.pad is None else torch.full_like(token, j + 1)  # (B, w) draft depths
             if j + 1 < depth:
-                logits = self.model(token, pos, mask, self.cache, slots)
+                logits = self.model(token, pos, mask, self.cache, slots, steps=steps)
                 logp = torch.log_softmax(logits.float(), dim=-1)
             else:  # KV only: if this last level is accepted, `observe` copies it and the next round reads it
-                self.model.hidden(token, pos, mask, self.cache, slots)
+                self.model.hidden(token, pos, mask, self.cache, slots, steps)
         tok, par, val, drw, lq = zip(*levels)
         tok, par, val = (stack_levels(x, N) for x in (tok, par, val))  # (B, d, N)
         drw = stack_levels(drw, N, first_pad=True)

@@ -18,7 +18,7 @@ import torch
 from recspec.data.vocab import Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
 from recspec.decoding.drafters.select import level_widths, select_nodes
-from recspec.decoding.handoff import Frontier, Sampling, Verdict
+from recspec.decoding.handoff import Frontier, Sampling, Scores, Verdict
 from recspec.decoding.tree import DraftTree, Layout, gather_rows, stack_levels
 
 _P = 1_000_003  # hash multiplier (int64 arithmetic wraps; the table and the lookup hash alike)
@@ -118,7 +118,7 @@ class NGramDrafter:
     def prefill(self) -> None:
         """Nothing to run: the table is the draft."""
 
-    def observe(self, verdict: Verdict) -> None:
+    def observe(self, frontier: Frontier, scores: Scores, verdict: Verdict) -> None:
         """No cache."""
 
     def state_tensors(self) -> tuple[torch.Tensor, ...]:

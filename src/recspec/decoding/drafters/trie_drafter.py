@@ -19,7 +19,7 @@ import torch
 from recspec.data.vocab import PAD, Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
 from recspec.decoding.drafters.select import level_widths, select_nodes
-from recspec.decoding.handoff import Frontier, Sampling, Verdict
+from recspec.decoding.handoff import Frontier, Sampling, Scores, Verdict
 from recspec.decoding.tree import DraftTree, Layout, pad_rows, stack_levels
 
 NEG_INF = float("-inf")
@@ -58,7 +58,7 @@ class TrieDrafter:
     def state_tensors(self) -> tuple[torch.Tensor, ...]:
         return ()
 
-    def observe(self, verdict: Verdict) -> None:
+    def observe(self, frontier: Frontier, scores: Scores, verdict: Verdict) -> None:
         """No cache to compact."""
 
     @torch.no_grad()

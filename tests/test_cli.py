@@ -380,3 +380,29 @@ def test_train_feature_head_and_pad_draft_without_teacher_data(toy, tmp_path, ca
         cli.main()
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "needs --teacher" in err and len(err.splitlines()) == 1
+
+
+def test_pad_ablation_writes_one_row_per_drafter_and_variant(toy, tmp_path, monkeypatch, capsys):
+    """pad-ablation: the greedy row and one spec row per (drafter, variant), each drafter trained exactly
+    --steps steps; every list equals greedy's (mismatches 0), tau and per-depth acceptance are present; the
+    JSON and its PNG are written; an unknown variant is a one-line error (exit 2)."""
+    res = CliRunner().invoke(cli.app, ["pad-ablation", str(toy / "data"), "--target", str(toy / "target"),
+                                       "--out-dir", str(tmp_path / "abl"), "--variants", "base,pad", "--steps", "3",
+                                       "--users", "6", "--M", "3", "--batch", "2", "--draft-beams", "3", "--gamma", "2",
+                                       "--size", "tiny", "--batch-size", "4", "--unroll", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "abl" / "pad_ablation.json").read_text())
+    rows = doc["rows"]
+    assert [r.get("drafter", r["mode"]) for r in rows] == ["greedy", "draft-model", "draft-model+pad", "feature-head",
+                                                          "feature-head+pad"]
+    spec = rows[1:]
+    assert all(r["mismatches"] == 0 and r["train_steps"] == 3 and r["tau"] >= 1.0 for r in spec)
+    assert all({"accept_d0", "accept_d1", "accept_slot_level1", "accept_slot_separator", "recall@3_ci"} <= set(r) for r in spec)
+    assert (tmp_path / "abl" / "pad_ablation.png").is_file()
+    monkeypatch.setattr("sys.argv", ["recspec", "pad-ablation", str(toy / "data"), "--target", str(toy / "target"),
+                                     "--out-dir", str(tmp_path / "bad"), "--variants", "base,gates"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "unknown drafter or variant 'gates'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -778,7 +778,7 @@ def pad_ablation(data: str = DATA, target: str = TARGET,
     import os
 
     from recspec.config import UnrollConfig, to_dict
-    from recspec.evaluation.report import plot_pad_ablation, write_results
+    from recspec.evaluation.report import format_pad_ablation, plot_pad_ablation, write_results
     from recspec.training.pad_ablation import AblationConfig, run_ablation
 
     ucfg = _checked(UnrollConfig, steps=steps, unroll=unroll, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
@@ -791,7 +791,7 @@ def pad_ablation(data: str = DATA, target: str = TARGET,
     path = write_results(rows, results or os.path.join(out_dir, "pad_ablation.json"), device,
                          extra={"ablation": to_dict(cfg), "target": target})
     png = plot_pad_ablation(path)
-    _print_rows(rows)
+    print("\n".join(format_pad_ablation(rows)))
     print(f"results: {path}  plot: {png}")
 
 

@@ -31,9 +31,9 @@ class AcceptanceProfile:
     reached_slot: dict[str, int]
 
     def columns(self) -> dict:
-        """Flat results columns: accept_d0.. and accept_level1 / accept_deeper / accept_separator."""
+        """Flat results columns: accept_d0.. and accept_slot_level1 / _deeper / _separator."""
         out = {f"accept_d{j}": round(p, 4) for j, p in enumerate(self.by_depth)}
-        out.update({f"accept_{g}": round(p, 4) for g, p in self.by_slot.items()})
+        out.update({f"accept_slot_{g}": round(p, 4) for g, p in self.by_slot.items()})
         return out
 
 

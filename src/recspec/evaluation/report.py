@@ -181,7 +181,7 @@ def plot_pad_ablation(path: str, png: str | None = None) -> str:
     for c, base in enumerate(bases):
         mine = [r for r in rows if r["drafter"].split("+")[0] == base]
         for r in mine:
-            depths = sorted(int(k[len("accept_d"):]) for k in r if k.startswith("accept_d"))
+            depths = sorted(int(k[8:]) for k in r if k.startswith("accept_d") and k[8:].isdigit())
             axes[0, c].plot(depths, [r[f"accept_d{j}"] for j in depths], marker="o", label=r["drafter"])
         axes[0, c].set(xlabel="draft depth", ylabel="P(accepted | reached)", title=base, ylim=(0, 1))
         axes[0, c].legend(fontsize=7)
@@ -195,3 +195,15 @@ def plot_pad_ablation(path: str, png: str | None = None) -> str:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def format_pad_ablation(rows: list[dict]) -> list[str]:
+    """PAD ablation rows -> a short table: drafter, tau, acceptance at depths 0..3, per slot group, speedup."""
+    lines = [f"{'drafter':24s} {'tau':>5s} {'d0':>5s} {'d1':>5s} {'d2':>5s} {'d3':>5s} {'lvl1':>5s} {'deep':>5s} "
+             f"{'sep':>5s} {'x_ar':>5s} {'mis':>4s}"]
+    for r in rows:
+        cell = lambda k: f"{r[k]:5.2f}" if isinstance(r.get(k), float) else f"{'-':>5s}"  # noqa: E731
+        lines.append(f"{r.get('drafter', r['mode']):24s} {r['tau']:5.2f} " + " ".join(cell(f"accept_d{j}") for j in range(4))
+                     + " " + " ".join(cell(f"accept_slot_{g}") for g in ("level1", "deeper", "separator"))
+                     + f" {cell('speedup_vs_ar')} {r.get('mismatches', 0):4d}")
+    return lines

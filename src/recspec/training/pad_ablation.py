@@ -8,7 +8,7 @@ own greedy lists (mode "greedy", our AR baseline) from the same run:
 
     {"task": "listwise", "mode": "spec", "drafter": "feature-head+slot", "M": 10, "batch": 1, "users": U,
      "tau": tokens per target call, "target_calls": per list, "median_ms": per call, "speedup_vs_ar": greedy
-     ms / this ms (our greedy list decoding, same run), "accept_d0".., "accept_level1" / "_deeper" /
+     ms / this ms (our greedy list decoding, same run), "accept_d0".., "accept_slot_level1" / "_deeper" /
      "_separator", "recall@10", "recall@10_ci", "ndcg@10", "ndcg@10_ci", "mismatches": users whose list
      differs from greedy}
 

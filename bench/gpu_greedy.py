@@ -43,6 +43,7 @@ from recspec.decoding.constraints import FreeText, ItemList  # noqa: E402
 from recspec.decoding.drafters import NGramTable  # noqa: E402
 from recspec.decoding.engine import build_engine  # noqa: E402
 from recspec.decoding.greedy import greedy_decode  # noqa: E402
+from recspec.evaluation.evaluate import target_sids  # noqa: E402
 from recspec.evaluation.listwise import interval_metrics  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
 from recspec.models.decoder import Decoder  # noqa: E402
@@ -103,7 +104,7 @@ def list_task(args, dev: str, tmp: str) -> Task:
                      progress=False).checkpoint
 
     tests = cat.data.test[: args.users]
-    hist, truth = [e.history for e in tests], [set(e.targets) for e in tests]
+    hist, truth = [e.history for e in tests], target_sids(cat.trie, tests)  # lists hold SID rows
     table = NGramTable.build([sequence_tokens(cat.vocab, cat.index, h) for h in cat.data.train if h], (4, 3, 2), 4)
 
     def prompts(batch: int, device: str) -> list[Prompts]:

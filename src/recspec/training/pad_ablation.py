@@ -34,6 +34,7 @@ from recspec.decoding.constraints import ItemList
 from recspec.decoding.engine import build_engine
 from recspec.decoding.stats import SpecStats
 from recspec.evaluation.acceptance import acceptance_profile
+from recspec.evaluation.evaluate import target_sids
 from recspec.evaluation.listwise import interval_metrics
 from recspec.models.decoder import Decoder
 from recspec.training.unrolled import new_drafter, train_unrolled
@@ -111,7 +112,7 @@ def run_ablation(target: Decoder, cat: Catalog, cfg: AblationConfig, out_dir: st
     docstring); drafters are kept under out_dir/<name> (a finished run is resumed, not retrained)."""
     dev = next(target.parameters()).device
     tests = cat.data.test[: cfg.users]
-    truth = [set(e.targets) for e in tests]
+    truth = target_sids(cat.trie, tests)  # lists hold SID rows
     hist = [e.history for e in tests]
     prompts = [build_prompts(cat.vocab, cat.index, hist[i:i + cfg.batch]).to(dev) for i in range(0, len(hist), cfg.batch)]
     c = ItemList(cat.trie, cfg.M)

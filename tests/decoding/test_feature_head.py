@@ -21,6 +21,7 @@ from recspec.decoding.greedy import greedy_decode
 from recspec.models.decoder import Decoder
 from recspec.models.heads import FeatureHead, head_config
 from recspec.models.pad import next_slot_table
+from recspec.training.pad_ablation import VARIANTS, AblationConfig, variant_config
 from recspec.training.unrolled import new_drafter, train_unrolled
 
 USERS = 64  # first test users decoded in batches of 16 (the first 8 of them one at a time)
@@ -157,3 +158,44 @@ def test_refused_where_it_cannot_draft(beauty):
     other = Decoder(dataclasses.replace(beauty.target.cfg, hidden_size=32, num_heads=2, num_kv_heads=1))
     with pytest.raises(Exception, match="does not fit a target"):
         build_engine(other, beauty.trie, decode(K=1, N=4, gamma=2), head)
+
+
+# --- every drafter and PAD variant of the ablation --------------------------------------------------------
+VARIANT_USERS = 200  # first test users, batch 32
+VARIANT_SINGLE = 40  # of them, one at a time
+VARIANT_CASES = [(d, v) for d in ("draft-model", "feature-head") for v in VARIANTS]
+
+
+@pytest.fixture(scope="module")
+def variant_lists(beauty, sequential_dataset):
+    """The first VARIANT_USERS test users in batches of 32 (and the first VARIANT_SINGLE alone), with the
+    target's greedy lists of M items."""
+    data, _ = load_sequential(sequential_dataset)
+    hist = [e.history for e in data.test[:VARIANT_USERS]]
+    c = ItemList(beauty.trie, M)
+    out = {}
+    for batch, n in ((32, VARIANT_USERS), (1, VARIANT_SINGLE)):
+        prompts = [build_prompts(beauty.vocab, beauty.index, hist[i:i + batch]) for i in range(0, n, batch)]
+        out[batch] = [(p, greedy_decode(beauty.target, c, p)) for p in prompts]
+    return c, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("drafter,variant", VARIANT_CASES, ids=[f"{d}-{v}" for d, v in VARIANT_CASES])
+def test_every_ablation_variant_is_lossless(beauty, variant_lists, tmp_path, drafter, variant):
+    """Each (drafter, PAD variant) of `pad-ablation`, trained STEPS seeded steps as the ablation trains it:
+    its lists equal greedy's, user by user, at batch 32 and batch 1."""
+    c, out = variant_lists
+    data = SplitData("beauty-head", beauty.index.num_items, [s for s in beauty.train if len(s) >= 2][:TRAIN_USERS], [], [])
+    acfg = AblationConfig(train=UnrollConfig(steps=STEPS, batch_size=16, lr=3e-3, warmup_steps=2, precision="fp32",
+                                             threads=1), draft_size="tiny")
+    cfg = variant_config(acfg, drafter, variant)
+    model = new_drafter(beauty.target, beauty.vocab, cfg, acfg.draft_size)
+    train_unrolled(model, beauty.target, data, beauty.index, beauty.vocab, cfg, tmp_path, progress=False)
+    assert (model.pad is None) == (variant == "base")
+    engine = build_engine(beauty.target, c, decode(K=1, N=4, gamma=4), model.eval())
+    for batch in (32, 1):
+        for b, (p, want) in enumerate(out[batch]):
+            got, _ = engine.run(p)
+            same = (got.codes == want.codes).all(dim=-1)[:, 0]
+            assert same.all(), f"batch {batch} #{b}: users {(~same).nonzero().flatten().tolist()} differ from greedy"

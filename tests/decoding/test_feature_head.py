@@ -39,18 +39,24 @@ def acting_pad(model) -> None:
             p.copy_(0.3 * torch.randn(p.shape, generator=gen))
 
 
-@pytest.fixture(scope="module")
-def lists(beauty, sequential_dataset):
-    """Prompts of the first USERS test users (batches of 16, and the first SINGLE alone) and the target's
-    greedy lists of M items."""
+def greedy_batches(beauty, sequential_dataset, plan) -> tuple[ItemList, dict]:
+    """plan ((batch, users), ...) -> the list constraint and, per batch size, the first `users` test users'
+    prompt batches with the target's greedy lists of M items: {batch: [(prompts, greedy result)]}."""
     data, _ = load_sequential(sequential_dataset)
-    hist = [e.history for e in data.test[:USERS]]
+    hist = [e.history for e in data.test[:max(n for _, n in plan)]]
     c = ItemList(beauty.trie, M)
     out = {}
-    for batch, n in ((16, USERS), (1, SINGLE)):
+    for batch, n in plan:
         prompts = [build_prompts(beauty.vocab, beauty.index, hist[i:i + batch]) for i in range(0, n, batch)]
-        out[batch] = (prompts, [greedy_decode(beauty.target, c, p) for p in prompts])
+        out[batch] = [(p, greedy_decode(beauty.target, c, p)) for p in prompts]
     return c, out
+
+
+@pytest.fixture(scope="module")
+def lists(beauty, sequential_dataset):
+    """The first USERS test users in batches of 16 (and the first SINGLE alone) -> (prompts, greedy lists)."""
+    c, out = greedy_batches(beauty, sequential_dataset, ((16, USERS), (1, SINGLE)))
+    return c, {b: tuple(map(list, zip(*pairs))) for b, pairs in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +176,7 @@ VARIANT_CASES = [(d, v) for d in ("draft-model", "feature-head") for v in VARIAN
 def variant_lists(beauty, sequential_dataset):
     """The first VARIANT_USERS test users in batches of 32 (and the first VARIANT_SINGLE alone), with the
     target's greedy lists of M items."""
-    data, _ = load_sequential(sequential_dataset)
-    hist = [e.history for e in data.test[:VARIANT_USERS]]
-    c = ItemList(beauty.trie, M)
-    out = {}
-    for batch, n in ((32, VARIANT_USERS), (1, VARIANT_SINGLE)):
-        prompts = [build_prompts(beauty.vocab, beauty.index, hist[i:i + batch]) for i in range(0, n, batch)]
-        out[batch] = [(p, greedy_decode(beauty.target, c, p)) for p in prompts]
-    return c, out
+    return greedy_batches(beauty, sequential_dataset, ((32, VARIANT_USERS), (1, VARIANT_SINGLE)))
 
 
 @pytest.mark.slow

@@ -79,14 +79,36 @@ def test_tree_sweep_times_ar_then_each_tree(shared_datasets, make_decoder):
     assert all(r["mismatches"] == 0 for r in rows[1:])  # strict: AR's lists
 
 
-def test_greedy_list_bench_runs_and_is_exact(shared_datasets, tmp_path):
-    """bench/gpu_greedy.py on the CPU: plain greedy and greedy speculation (draft model, n-gram) on lists;
-    every row exact (0 mismatches against plain greedy), ratios named against plain greedy."""
-    res = _run("gpu_greedy.py", "--cpu-smoke", "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
+def test_greedy_bench_runs_both_tasks_and_is_exact(shared_datasets, tmp_path):
+    """bench/gpu_greedy.py on the CPU: lists (Beauty) and text (Office), plain greedy and greedy speculation
+    (draft model, n-gram) exact against plain greedy in fp32; the top-k/beta rule's rows in bf16 only;
+    ratios named against plain greedy."""
+    res = _run("gpu_greedy.py", "--cpu-smoke", "--beauty", str(shared_datasets / "beauty"), "--office",
+               str(shared_datasets / "office"), "--out", str(tmp_path))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    doc = json.loads((tmp_path / "gpu_greedy_lists.json").read_text())
-    assert {(r["precision"], r["mode"], r.get("drafter")) for r in doc["rows"]} == \
-        {(p, "greedy", None) for p in ("fp32", "bf16")} | {(p, "spec-greedy", d) for p in ("fp32", "bf16")
-                                                          for d in ("draft-model", "ngram")}
-    assert all(r["mismatches"] == 0 and r["gate"] is False for r in doc["rows"])
-    assert all("speedup_vs_greedy" in r for r in doc["rows"] if r["mode"] == "spec-greedy")
+    rows = json.loads((tmp_path / "gpu_greedy.json").read_text())["rows"]
+    assert not [r for r in rows if "error" in r]
+    exact = [r for r in rows if r["mode"] != "spec-topk-beta"]
+    assert {(r["task"], r["precision"], r["mode"], r.get("drafter")) for r in exact} == \
+        {(t, p, "greedy", None) for t in ("list", "text") for p in ("fp32", "bf16")} | \
+        {(t, p, "spec-greedy", d) for t in ("list", "text") for p in ("fp32", "bf16") for d in ("draft-model", "ngram")}
+    assert all(r["mismatches"] == 0 for r in exact if r["precision"] == "fp32")  # bf16 may round differently
+    assert all(r["gate"] is False for r in rows)
+    assert {r["precision"] for r in rows if r["mode"] == "spec-topk-beta"} == {"bf16"}
+    assert all("speedup_vs_greedy" in r for r in rows if r["mode"] != "greedy")
+
+
+def test_listwise_bench_runs_and_is_exact(shared_datasets, tmp_path):
+    """bench/gpu_listwise.py on the CPU: the gate rows, the fp32 check of all four drafters (0 mismatching
+    users), greedy and the four drafters timed at batch 1 and 16 with acceptance per depth, and a profile."""
+    res = _run("gpu_listwise.py", "--cpu-smoke", "--data", str(shared_datasets / "beauty"), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = json.loads((tmp_path / "gpu_listwise_beauty.json").read_text())["rows"]
+    drafters = {"draft-model", "draft-model+pad", "feature-head", "feature-head+pad"}
+    assert {r["model"] for r in rows if r["task"] == "quality"} >= {"target", "popularity", "transition"}
+    checks = [r for r in rows if r.get("check") == "fp32-exact"]
+    assert {r["drafter"] for r in checks} == drafters and all(r["mismatches"] == 0 for r in checks)
+    spec = [r for r in rows if r.get("mode") == "spec"]
+    assert {(r["drafter"], r["batch"]) for r in spec} == {(d, b) for d in drafters for b in (1, 16)}
+    assert all("accept_d0" in r and "speedup_vs_ar" in r and "recall@10_ci" in r for r in spec)
+    assert [r["drafter"] for r in rows if r.get("mode") == "profile"] and not [r for r in rows if "error" in r]

@@ -36,6 +36,7 @@ from recspec.decoding.stats import SpecStats
 from recspec.evaluation.acceptance import acceptance_profile
 from recspec.evaluation.evaluate import target_sids
 from recspec.evaluation.listwise import interval_metrics
+from recspec.evaluation.timing import sync
 from recspec.models.decoder import Decoder
 from recspec.training.unrolled import new_drafter, train_unrolled
 
@@ -99,11 +100,6 @@ def decode_lists(target: Decoder, c: ItemList, draft, prompts: list[Prompts], cf
         out.lists += lists
         out.stats.append(stats)
     return out
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()  # timing boundary
 
 
 def run_ablation(target: Decoder, cat: Catalog, cfg: AblationConfig, out_dir: str,

@@ -27,6 +27,7 @@ from recspec.decoding.drafters.base import Drafter
 from recspec.decoding.handoff import Beams, Frontier, Scores, Verdict
 from recspec.decoding.prompt import prefill_mask, prompt_positions
 from recspec.decoding.tree import DraftTree, Layout, extend_mask, gather_rows, path_mask
+from recspec.decoding.tree_verify import verify_tree
 from recspec.decoding.verify import VerifyRule, candidate_scores, gather_scores
 from recspec.models.decoder import Decoder
 from recspec.models.kv_cache import KVCache
@@ -64,7 +65,11 @@ def spec_round(s: RoundState, beams: Beams, plan: RoundPlan, eager: bool) -> tup
     f = frontier(beams, s.lay, not plan.first, s.banned)
     tree = propose(s, f, plan)
     scores = score(s, f, tree, trim=eager)
-    beams, verdict = verify(s, beams, scores, tree, early_exit=eager)
+    one_pass = s.rule.one_pass(s.lay.K) if tree is not None and s.banned is None else None
+    if one_pass is not None:  # greedy over a whole tree: one vectorised pass (tree_verify.py)
+        beams, verdict = verify_tree(s.constraint, s.lay, beams, scores, tree, one_pass)
+    else:
+        beams, verdict = verify(s, beams, scores, tree, early_exit=eager)
     commit(s, f, scores, verdict)
     return beams, verdict
 

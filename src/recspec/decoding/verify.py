@@ -18,6 +18,7 @@ import torch
 from recspec.config import DecodeConfig
 from recspec.decoding.handoff import Sampling
 from recspec.decoding.tree import DraftTree, gather_rows
+from recspec.decoding.tree_verify import FollowRule
 
 NEG_INF = float("-inf")
 
@@ -163,6 +164,9 @@ class VerifyRule(Protocol):
 
     sampling: Sampling | None  # how drafters draft for this rule: None top-N, else N draws from q
 
+    def one_pass(self, K: int) -> FollowRule | None:
+        """The rule as a one-pass greedy tree verification (`tree_verify`), or None where it has none."""
+
     def choose(self, cand: torch.Tensor, K: int, tree: DraftTree | None, j: int, beam_node: torch.Tensor,
                in_tree: torch.Tensor) -> Choice:
         """cand (B, M, V) cumulative log-probs of the one-token extensions (-inf: invalid); tree level j
@@ -190,6 +194,9 @@ class StrictTopK:
 
     sampling: Sampling | None = None
 
+    def one_pass(self, K: int) -> FollowRule | None:
+        return FollowRule(k=1) if K == 1 else None
+
     def choose(self, cand, K, tree, j, beam_node, in_tree) -> Choice:
         B, M, V = cand.shape
         table = _level_table(tree, j, M, V)
@@ -212,6 +219,9 @@ class RelaxedSampling:
     @property
     def sampling(self) -> Sampling:
         return Sampling(self.temperature, self.generator)
+
+    def one_pass(self, K: int) -> FollowRule | None:
+        return None
 
     def choose(self, cand, K, tree, j, beam_node, in_tree) -> Choice:
         B, M, V = cand.shape
@@ -244,6 +254,9 @@ class TopKBeta:
     beta: float = 0.1  # and must have at least this probability
     sampling: Sampling | None = None
 
+    def one_pass(self, K: int) -> FollowRule | None:
+        return FollowRule(self.k, self.beta)
+
     def choose(self, cand, K, tree, j, beam_node, in_tree) -> Choice:
         B, M, V = cand.shape
         table = _level_table(tree, j, M, V)
@@ -257,7 +270,8 @@ class TopKBeta:
         d_logit = cand[:, 0].gather(1, d_tok)  # (B, 1) its cumulative score under the target
         rank = 1 + (cand[:, 0] > d_logit).sum(dim=1, keepdim=True)
         p = (d_logit - cand[:, 0].logsumexp(dim=1, keepdim=True)).exp()
-        take = mine.any(dim=1, keepdim=True) & (node < 0) & (self.k > 1) & (rank <= self.k) & (p > self.beta)
+        take = mine.any(dim=1, keepdim=True) & (node < 0) & (self.k > 1) & (rank <= self.k) & (p > self.beta) \
+            & in_tree[:, None]  # a level past the user's tree (her last, the target's own) is greedy
         token, node = torch.where(take, d_tok, token), torch.where(take, first, node)
         return Choice(parent, token, node, (node >= 0).all(dim=1))
 

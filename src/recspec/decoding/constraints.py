@@ -49,6 +49,10 @@ class Constraint(Protocol):
     def max_beams(self) -> int:
         """The most distinct sequences (K may not exceed it)."""
 
+    def finished(self, state: torch.Tensor) -> torch.Tensor | None:
+        """(...,) states -> (...,) bool: the sequence is complete and the rest is `filler` (text after <eos>);
+        None where sequences always run their num_levels tokens. A user whose beams are all finished stops."""
+
     def to(self, device) -> "Constraint":
         ...
 
@@ -92,6 +96,9 @@ class SIDConstraint:
 
     def max_beams(self) -> int:
         return self.trie.num_sids
+
+    def finished(self, state):
+        return None
 
     def to(self, device) -> "SIDConstraint":
         return SIDConstraint(self.trie.to(device))
@@ -176,6 +183,9 @@ class ItemList:
     def max_beams(self) -> int:
         return 1
 
+    def finished(self, state):
+        return None
+
     def to(self, device) -> "ItemList":
         return ItemList(self.trie.to(device), self.M)
 
@@ -227,6 +237,13 @@ class FreeText:
     def max_beams(self) -> int:
         return 2 ** 31 - 1
 
+    def finished(self, state):
+        return state == 1
+
+    @property
+    def filler(self) -> int:
+        return self.eos
+
     def to(self, device) -> "FreeText":
         moved = FreeText(self.vocab_size, self.length, self.eos, self.banned_tokens)
         moved._masks(device)
@@ -236,3 +253,10 @@ class FreeText:
 def as_constraint(c: "Constraint | SIDTrie") -> "Constraint":
     """A SID trie means top-K over single items (`SIDConstraint`); any other constraint is itself."""
     return SIDConstraint(c) if isinstance(c, SIDTrie) else c
+
+
+def settle(constraint: Constraint, states: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """states (...,), logp (..., V) -> logp with finished sequences' rows set to 0: the filler after a text's
+    <eos> adds nothing to its score, whether decoded token by token or skipped (`round.finish`)."""
+    done = constraint.finished(states)
+    return logp if done is None else torch.where(done[..., None], torch.zeros_like(logp), logp)

@@ -212,8 +212,9 @@ class SpecEngine:
         stats = SpecStats()
         self.load(prompts, exclude)
         end, first, rounds = self.lay.end, True, 0
+        early = self.K == 1 and self.constraint.finished(self.beams.states) is not None  # text may end early
         while True:
-            if self.drafter is None or first:  # first round: level 0; AR: one level per round, `end` rounds
+            if (self.drafter is None and not early) or first:  # first round: level 0; AR: one level per round
                 lo = rounds
             else:
                 lo = int(self.beams.level.min())  # host sync: one per round, decides stop and tree depth

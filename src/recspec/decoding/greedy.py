@@ -12,7 +12,7 @@ import torch
 from recspec.data.trie import SIDTrie
 from recspec.data.vocab import Prompts
 from recspec.decoding.beam_search import BeamResult
-from recspec.decoding.constraints import Constraint, as_constraint
+from recspec.decoding.constraints import Constraint, as_constraint, settle
 from recspec.decoding.prompt import ancestor_mask, prefill, prompt_key_mask
 from recspec.decoding.verify import candidate_scores, topk_candidates
 from recspec.models.decoder import Decoder
@@ -35,7 +35,7 @@ def greedy_decode(model: Decoder, constraint: Constraint | SIDTrie, prompts: Pro
     score = torch.zeros(B, 1, device=dev)
     tokens = []
     for j in range(n):
-        cand = candidate_scores(score, logp[:, None], c.allowed(state, bans))  # (B, 1, V)
+        cand = candidate_scores(score, settle(c, state, logp[:, None]), c.allowed(state, bans))  # (B, 1, V)
         _, token, score = topk_candidates(cand, 1)  # (B, 1) the best allowed token
         state = c.step(state, token)
         bans = c.advance_bans(bans, state)

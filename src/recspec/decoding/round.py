@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from recspec.data.vocab import Prompts
-from recspec.decoding.constraints import Constraint
+from recspec.decoding.constraints import Constraint, settle
 from recspec.decoding.drafters.base import Drafter
 from recspec.decoding.handoff import Beams, Frontier, Scores, Verdict
 from recspec.decoding.prompt import prefill_mask, prompt_positions
@@ -71,7 +71,19 @@ def spec_round(s: RoundState, beams: Beams, plan: RoundPlan, eager: bool) -> tup
     else:
         beams, verdict = verify(s, beams, scores, tree, early_exit=eager)
     commit(s, f, scores, verdict)
-    return beams, verdict
+    return finish(s.constraint, beams, s.lay), verdict
+
+
+def finish(constraint: Constraint, beams: Beams, lay: Layout) -> Beams:
+    """Greedy users (K = 1) whose sequence is finished (text after <eos>) jump to the end, their remaining levels filled
+    with the constraint's filler, as plain decoding would produce them at no score."""
+    done = constraint.finished(beams.states) if lay.K == 1 else None  # (B, 1); beam search keeps its L levels
+    if done is None:
+        return beams
+    stop = done.all(dim=1) & (beams.level < lay.end)  # (B,)
+    fill = stop[:, None, None] & (torch.arange(beams.codes.shape[2], device=stop.device) >= beams.level[:, None, None])
+    return Beams(beams.scores, beams.states, torch.where(fill, constraint.filler, beams.codes), beams.path,
+                 torch.where(stop, lay.end, beams.level))
 
 
 def frontier(beams: Beams, lay: Layout, pending: bool, banned: torch.Tensor | None = None) -> Frontier:
@@ -163,7 +175,8 @@ def verify(s: RoundState, beams: Beams, scores: Scores, tree: DraftTree | None,
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
     j = 0
     while True:
-        cand = candidate_scores(beams.scores, logp, s.constraint.allowed(beams.states, banned))  # (B, M, V)
+        cand = candidate_scores(beams.scores, settle(s.constraint, beams.states, logp),
+                                s.constraint.allowed(beams.states, banned))  # (B, M, V)
         cand = torch.where(alive[:, None, None], cand, torch.zeros_like(cand))  # finished rows: harmless
         in_tree = alive & (j < d_user)
         c = s.rule.choose(cand, lay.K, tree, j, beam_node, in_tree)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recspec.decoding.constraints import Constraint
+from recspec.decoding.constraints import Constraint, settle
 from recspec.decoding.handoff import Beams, Scores, Verdict
 from recspec.decoding.tree import DraftTree, Layout
 
@@ -117,7 +117,7 @@ def verify_tree(constraint: Constraint, lay: Layout, beams: Beams, scores: Score
     logp = torch.cat([scores.beams[:, :1], scores.tree.reshape(B, d * N, V)], dim=1)  # (B, R, V)
     states = row_states(constraint, beams.states[:, 0], tree, prow)  # (B, R)
     allowed = constraint.allowed(states)  # (B, R, V)
-    logp = torch.where(allowed, logp, torch.full_like(logp, float("-inf")))
+    logp = torch.where(allowed, settle(constraint, states, logp), torch.full_like(logp, float("-inf")))
     score = row_scores(logp, beams.scores[:, 0], tree, prow)  # (B, R)
     cand = torch.where(allowed, score[..., None] + logp, torch.full_like(logp, float("-inf")))
     live = beams.level < lay.end

@@ -1,0 +1,2 @@
+"""Retrieval drafting (LASER): n-gram pools of earlier outputs, one per user or item group, compiled into
+a device hash table of precomputed draft trees (`decoding.retrieval_table`)."""

@@ -61,17 +61,22 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", html.unescape(text))).strip()
 
 
-def item_text(meta: object, where: str) -> str:
-    """One item's {"title", "brand", "categories", "description", ...} -> its normalised text."""
+def item_fields(meta: object, where: str, fields: Sequence[str] = ITEM_FIELDS) -> dict[str, str]:
+    """One item's {"title", "brand", ...} -> {field: normalised value} for `fields` ("" where missing or empty)."""
     if not isinstance(meta, dict):
         raise DataError(f"{where}: expected an object with {', '.join(ITEM_FIELDS)}, got {type(meta).__name__}")
-    parts = []
-    for field in ITEM_FIELDS:
+    values = {}
+    for field in fields:
         value = meta.get(field) or ""
         if not isinstance(value, str):
             raise DataError(f"{where}: field {field!r} is a {type(value).__name__}, not a string")
-        if normalise_text(value):
-            parts.append(normalise_text(value))
+        values[field] = normalise_text(value)
+    return values
+
+
+def item_text(meta: object, where: str) -> str:
+    """One item's {"title", "brand", "categories", "description", ...} -> its normalised text."""
+    parts = [v for v in item_fields(meta, where).values() if v]
     if not parts:
         raise DataError(f"{where}: no text ({', '.join(ITEM_FIELDS)} all empty)")
     return FIELD_SEP.join(parts)
@@ -87,17 +92,23 @@ def item_json_path(path: str | os.PathLike) -> str:
     return path
 
 
-def read_item_texts(path: str | os.PathLike) -> dict[int, str]:
-    """`*.item.json` (or its folder) -> {item id: text}, ids in increasing order (see the module docstring)."""
+def read_item_json(path: str | os.PathLike) -> tuple[str, dict[int, object]]:
+    """`*.item.json` (or its folder) -> (the file, {item id: its raw object}), ids in increasing order."""
     file = item_json_path(path)
-    texts = {}
+    items = {}
     for key, meta in load_json(file).items():
         if not str(key).isdigit():
             raise DataError(f"{file}: item id {key!r} is not a non-negative integer")
-        texts[int(key)] = item_text(meta, f"{file}: item {key}")
-    if not texts:
+        items[int(key)] = meta
+    if not items:
         raise DataError(f"{file}: no items")
-    return dict(sorted(texts.items()))
+    return file, dict(sorted(items.items()))
+
+
+def read_item_texts(path: str | os.PathLike) -> dict[int, str]:
+    """`*.item.json` (or its folder) -> {item id: text}, ids in increasing order (see the module docstring)."""
+    file, items = read_item_json(path)
+    return {i: item_text(meta, f"{file}: item {i}") for i, meta in items.items()}
 
 
 # --- old / new split ------------------------------------------------------------------------------

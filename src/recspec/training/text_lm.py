@@ -3,6 +3,8 @@
 Data: every old item's text encoded as `<bos> tokens <eos>` (data/text.py: cut to cfg.max_len, no
 `<eos>` where cut), one sequence per item, right-padded; the loss is next-token cross-entropy at every
 real position (`text_windows`). Held out: the new items' texts, never seen by the tokenizer either.
+`train_windows_lm` is the same run on windows the caller built: training/knowledge_lm.py passes
+prompt + description rows whose loss is on the description only (`text_windows(rows, targets_from)`).
 
 The optimiser, schedule, checkpoints and resume are the shared loop's (loop.py): AdamW, linear
 warm-up then cosine decay over cfg.steps optimiser steps, fixed up front (no clock: the config has
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,16 +88,22 @@ def text_vocab(tokenizer: TextTokenizer) -> Vocab:
     return Vocab(level_sizes=(tokenizer.vocab_size - len(SPECIALS),), prefixes=("bpe",))
 
 
-def text_windows(rows: list[list[int]]) -> Windows:
-    """Encoded texts -> (N, Tmax) tokens right-padded with PAD, labels = next token (IGNORE past the end)."""
+def text_windows(rows: list[list[int]], targets_from: Sequence[int] | None = None) -> Windows:
+    """Encoded texts -> (N, Tmax) tokens right-padded with PAD, labels = next token (IGNORE past the end).
+    targets_from (N,): index of each row's first target token (a knowledge item's first output token);
+    labels before it are IGNORE, so its prompt is context only. None: 1, every token after `<bos>`."""
     if not rows:
         raise DataError("no item texts to train or score on")
+    starts = [1] * len(rows) if targets_from is None else list(targets_from)
+    if targets_from is not None and (len(starts) != len(rows)
+                                     or any(not 1 <= s < len(r) for s, r in zip(starts, rows))):
+        raise ValueError(f"targets_from needs one start in [1, len(row)) per row ({len(rows)} rows)")
     T = max(len(r) for r in rows)
     tokens = np.full((len(rows), T), PAD, dtype=np.int64)
     labels = np.full((len(rows), T), IGNORE, dtype=np.int64)
-    for i, r in enumerate(rows):
+    for i, (r, s) in enumerate(zip(rows, starts)):
         tokens[i, :len(r)] = r
-        labels[i, :len(r) - 1] = r[1:]
+        labels[i, s - 1:len(r) - 1] = r[s:]
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
     return Windows(tokens=torch.from_numpy(tokens), labels=torch.from_numpy(labels), lengths=lengths)
 
@@ -151,13 +159,21 @@ def train_text_lm(corpus: TextCorpus, tokenizer: TextTokenizer, model_cfg: Model
     """Train a fresh Decoder(model_cfg) on `device`, initialised from cfg.seed, on the corpus's old items
     (resuming from out_dir/last where it exists); writes tokenizer.json to out_dir. -> (the trained model,
     its losses)."""
+    train = text_windows(tokenizer.encode_many(corpus.old_texts(), cfg.max_len))
+    heldout = text_windows(tokenizer.encode_many(corpus.new_texts(), cfg.max_len))
+    return train_windows_lm(train, heldout, tokenizer, model_cfg, cfg, out_dir, dataset, on_log, progress, device)
+
+
+def train_windows_lm(train: Windows, heldout: Windows, tokenizer: TextTokenizer, model_cfg: ModelConfig,
+                     cfg: TextLMConfig, out_dir: str | os.PathLike, dataset: str = "items",
+                     on_log: Callable[[dict], None] | None = None, progress: bool = False,
+                     device: str | torch.device = "cpu") -> tuple[Decoder, TextLMResult]:
+    """`train_text_lm` on windows built by the caller (`text_windows`): train on `train`, validate on both."""
     if model_cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"model vocab_size {model_cfg.vocab_size} != tokenizer's {tokenizer.vocab_size}")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     save_tokenizer(tokenizer, out_dir)
-    train = text_windows(tokenizer.encode_many(corpus.old_texts(), cfg.max_len))
-    heldout = text_windows(tokenizer.encode_many(corpus.new_texts(), cfg.max_len))
     torch.manual_seed(cfg.seed)
     model = Decoder(model_cfg).to(device)
     before = sequence_loss(model, train), sequence_loss(model, heldout)

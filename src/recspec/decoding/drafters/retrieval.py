@@ -1,0 +1,97 @@
+"""A model-free drafter from a retrieval pool (LASER): the draft tree is the pool's most frequent
+continuations of the last tokens, precomputed per context in a `RetrievalTable` (decoding/retrieval_table.py,
+built from the pools of `retrieval/`), so a step costs one hashed lookup and a gather, never a trie walk.
+
+Each user is routed to a pool: `route(groups)` before a run gives each row's group id (customized pools:
+one per item or user group; 0 for all rows: one global pool). The table holds every group's trees under
+(group, context) keys, so one batch may mix groups.
+
+The tree is cut to the engine's shape (N nodes per level, the round's depth) and walked once under the
+constraint: a node whose token its parent's state does not allow (text after <eos>, a SID that does not
+exist) is invalid, and so is everything below it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recspec.data.vocab import Prompts
+from recspec.decoding.drafters.base import DrafterInputs, register
+from recspec.decoding.handoff import Frontier, Sampling, Scores, Verdict
+from recspec.decoding.tree import DraftTree, Layout
+
+
+def fit_levels(x: torch.Tensor, depth: int, N: int, fill) -> torch.Tensor:
+    """(B, D, W) -> (B, depth, N): levels and nodes cut, or padded with `fill`."""
+    B, D, W = x.shape
+    x = x[:, :depth, :N]
+    if x.shape[1] < depth or x.shape[2] < N:
+        out = x.new_full((B, depth, N), fill)
+        out[:, :x.shape[1], :x.shape[2]] = x
+        return out
+    return x
+
+
+@register("retrieval")
+class RetrievalDrafter:
+    def __init__(self, inputs: DrafterInputs):
+        """inputs.table: the RetrievalTable; inputs.shape.N nodes per tree level."""
+        if inputs.table is None or not hasattr(inputs.table, "lookup"):
+            raise ValueError("the retrieval drafter needs a retrieval table (DrafterInputs.table)")
+        self.constraint, self.N, self.table = inputs.constraint, inputs.shape.N, inputs.table
+        self._routed: torch.Tensor | None = None  # (B,) group ids for the next run (None: group 0)
+        self._groups: torch.Tensor | None = None  # (B,) the static buffer the rounds read
+
+    def route(self, groups: torch.Tensor | None) -> None:
+        """groups (B,) int64: the pool of each row of the next run (None: the global pool, group 0)."""
+        self._routed = None if groups is None else groups.reshape(-1).long()
+
+    def start(self, prompts: Prompts, layout: Layout) -> None:
+        self.prompts, self.layout = prompts, layout
+        B, dev = prompts.tokens.shape[0], prompts.tokens.device
+        if self._groups is None or self._groups.shape[0] != B or self._groups.device != dev:
+            self._groups = torch.zeros(B, dtype=torch.long, device=dev)  # one buffer per shape (CUDA graphs)
+        if self._routed is not None and self._routed.shape[0] != B:
+            raise ValueError(f"route() gave {self._routed.shape[0]} groups for a batch of {B}")
+        self._groups.copy_(self._routed if self._routed is not None else torch.zeros_like(self._groups))
+
+    def prefill(self) -> None:
+        """Nothing to run: the table is the draft."""
+
+    def observe(self, frontier: Frontier, scores: Scores, verdict: Verdict) -> None:
+        """No cache: the pools learn from finished outputs between runs (`retrieval.pools`)."""
+
+    def state_tensors(self) -> tuple[torch.Tensor, ...]:
+        return ()
+
+    def _context(self, f: Frontier) -> torch.Tensor:
+        """(B, c) the last c tokens before the next one of each user's first beam: prompt, then output."""
+        c, T = self.table.context, self.prompts.tokens.shape[1]
+        seq = torch.cat([self.prompts.tokens, f.codes[:, 0]], dim=1)  # (B, T + n)
+        idx = (T + f.level - c)[:, None] + torch.arange(c, device=seq.device)  # (B, c)
+        return seq.gather(1, idx.clamp(min=0))
+
+    @torch.no_grad()
+    def propose(self, frontier: Frontier, depth: int, widths: tuple[int, ...] | None = None,
+                sampling: Sampling | None = None) -> DraftTree:
+        """The table's tree for each user's context, cut to `depth` levels of N nodes (at most widths[j] on
+        level j), invalid wherever the constraint refuses a token or the parent is invalid."""
+        if sampling is not None:
+            raise ValueError("the retrieval drafter drafts top-N trees: use strict or topk-beta verification")
+        tok, par, val = self.table.lookup(self._groups, self._context(frontier))  # (B, D, W) each
+        tok, par = fit_levels(tok, depth, self.N, 0), fit_levels(par, depth, self.N, 0)
+        val = fit_levels(val, depth, self.N, False)
+        state, ok_above = frontier.states[:, :1], torch.ones_like(val[:, 0, :1])  # (B, 1): the root
+        levels = []
+        for j in range(depth):
+            p = par[:, j].clamp(max=state.shape[1] - 1)
+            ps = state.gather(1, p)  # (B, N) parent states
+            allowed = self.constraint.allowed(ps, frontier.banned).gather(2, tok[:, j, :, None])[..., 0]
+            ok = val[:, j] & allowed & ok_above.gather(1, p) & (par[:, j] < state.shape[1])
+            if widths is not None:
+                ok &= torch.arange(self.N, device=ok.device) < widths[j]
+            levels.append(ok)
+            state, ok_above = self.constraint.step(ps, tok[:, j]), ok
+        valid = torch.stack(levels, dim=1) if levels else val
+        fed = tuple(widths) if widths is not None and any(w < self.N for w in widths) else None
+        return DraftTree(tokens=tok, parents=par, valid=valid, fed=fed)

@@ -1,0 +1,94 @@
+"""The retrieval drafter (LASER) on text: greedy tree speculation from pools' precomputed trees equals plain
+greedy decoding row by row, with a pool that knows the outputs, one that knows nothing, mixed groups in a
+batch and a table updated in place between runs; a pool of the outputs saves target calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recspec.data.vocab import Prompts
+from recspec.decoding.constraints import FreeText
+from recspec.decoding.engine import build_engine
+from recspec.decoding.greedy import greedy_decode
+from recspec.retrieval.pools import Pools
+from spec_checks import decode
+
+V, LENGTH, EOS = 40, 24, 2
+
+
+def text_case(make_decoder, n_rows: int = 6):
+    target = make_decoder(V, seed=11, num_layers=2)
+    c = FreeText(vocab_size=V, length=LENGTH, eos=EOS, banned_tokens=(0, 1))
+    gen = torch.Generator().manual_seed(0)
+    rows = [[1] + torch.randint(3, V, (int(n),), generator=gen).tolist()
+            for n in torch.randint(3, 12, (n_rows,), generator=gen)]
+    T = max(map(len, rows))
+    prompts = Prompts(torch.tensor([[0] * (T - len(r)) + r for r in rows]), torch.tensor([len(r) for r in rows]))
+    return target, c, rows, prompts
+
+
+def outputs(codes: torch.Tensor, i: int) -> list[int]:
+    return codes[i, 0].tolist()
+
+
+def run(target, c, table, prompts, groups=None, N=4):
+    engine = build_engine(target, c, decode(K=1, N=N, gamma=4), table)
+    engine.drafter.route(groups)
+    return engine.run(prompts)
+
+
+def test_retrieval_speculation_equals_greedy_and_saves_calls(make_decoder):
+    target, c, rows, prompts = text_case(make_decoder)
+    want = greedy_decode(target, c, prompts)
+    pools = Pools(context=2, depth=6)
+    for i, r in enumerate(rows):  # the pool knows each row's prompt tail and output
+        pools.insert(i % 2, r[-2:] + outputs(want.codes, i))
+    table = pools.compile(budget=12, width=4, depth=4)
+    groups = torch.tensor([i % 2 for i in range(len(rows))])
+    got, stats = run(target, c, table, prompts, groups)
+    assert torch.equal(got.codes, want.codes)
+    torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
+    _, ar = build_engine(target, c, decode(K=1, N=4, gamma=4), None).run(prompts)
+    assert (stats.target_calls() < ar.target_calls()).all()  # every row accepted drafted tokens
+
+
+def test_wrong_or_empty_pools_stay_exact(make_decoder):
+    target, c, rows, prompts = text_case(make_decoder)
+    want = greedy_decode(target, c, prompts)
+    gen = torch.Generator().manual_seed(5)
+    noisy = Pools(context=2, depth=6)
+    for g in range(3):
+        for _ in range(20):
+            noisy.insert(g, torch.randint(0, V, (30,), generator=gen).tolist())
+    for pools in (noisy, Pools(context=2, depth=6)):
+        table = pools.compile(budget=12, width=4, depth=4)
+        groups = torch.tensor([i % 3 for i in range(len(rows))])
+        got, _ = run(target, c, table, prompts, groups)
+        assert torch.equal(got.codes, want.codes)
+
+
+def test_online_sync_between_runs_is_exact_and_helps(make_decoder):
+    """Outputs of one batch inserted into the pool and synced into the same table in place: the next batch
+    (the same prompts) stays exact and takes fewer target calls than with the empty pool."""
+    target, c, rows, prompts = text_case(make_decoder, n_rows=4)
+    want = greedy_decode(target, c, prompts)
+    pools = Pools(context=2, depth=6)
+    pools.insert(0, [3, 4, 5])
+    table = pools.compile(budget=12, width=4, depth=4, capacity=1024)
+    first, s1 = run(target, c, table, prompts)
+    for i, r in enumerate(rows):
+        pools.insert(0, r[-2:] + outputs(first.codes, i))
+    assert pools.sync(table) > 0
+    second, s2 = run(target, c, table, prompts)
+    assert torch.equal(first.codes, want.codes) and torch.equal(second.codes, want.codes)
+    assert s2.target_calls().sum() < s1.target_calls().sum()
+
+
+def test_route_checks_the_batch(make_decoder):
+    target, c, rows, prompts = text_case(make_decoder)
+    table = Pools(context=2, depth=6).compile(budget=4, width=2, depth=2)
+    engine = build_engine(target, c, decode(K=1, N=2, gamma=2), table)
+    engine.drafter.route(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="route\\(\\) gave 3 groups for a batch of 6"):
+        engine.run(prompts)

@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("recspec.retrieval",),
     ("recspec.evaluation",),
     ("recspec.training",),
-    ("recspec.recommender", "recspec.demo"),  # the Python API
+    ("recspec.recommender", "recspec.demo", "recspec.knowledge"),  # the Python API
     ("recspec.cli", "recspec.serve", "recspec.batch"),
 )
 

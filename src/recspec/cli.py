@@ -18,6 +18,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect data and build semant
 app.add_typer(data_app, name="data")
 distill_app = typer.Typer(no_args_is_help=True, help="Draft alignment: teacher data, draft training, the experiment.")
 app.add_typer(distill_app, name="distill")
+knowledge_app = typer.Typer(no_args_is_help=True, help="Item knowledge text (LASER): train the text model, generate.")
+app.add_typer(knowledge_app, name="knowledge")
 
 DATA = typer.Argument(..., help="data folder (sequential txt, LC-Rec json or RecBole atomic) or 'ml-100k'")
 INDEX_DIR = typer.Option(None, "--index-dir", help="where built SIDs are kept (catalogues without an index)")
@@ -793,6 +795,64 @@ def pad_ablation(data: str = DATA, target: str = TARGET,
     png = plot_pad_ablation(path)
     print("\n".join(format_pad_ablation(rows)))
     print(f"results: {path}  plot: {png}")
+
+
+# --- knowledge ---------------------------------------------------------------------------------------
+def _pool_texts(path: str, read_done):
+    if not os.path.isfile(path):
+        raise RecSpecError(f"--pool-from {path}: no such file")
+    return read_done(path, repair=False)
+
+
+@knowledge_app.command("generate")
+def knowledge_generate(data: str = typer.Argument(..., help="folder with <name>.item.json (and <name>.inter.json)"),
+                       model: str = typer.Option(..., help="text LM checkpoint folder (recspec knowledge train)"),
+                       out: str = typer.Option(..., help="JSON lines to write; a rerun resumes it"),
+                       items: str = typer.Option("all", callback=_one_of("all", "old", "new"), help="all, old or new"),
+                       mode: str = typer.Option("greedy", callback=_one_of("greedy", "relaxed"),
+                                                help="greedy (exact) or relaxed (top-k/beta)"),
+                       pool: str = typer.Option("category", callback=_one_of("none", "global", "category", "kmeans",
+                                                                             "random"), help="retrieval pools"),
+                       batch_size: int = typer.Option(16, callback=_positive),
+                       accept_k: int = typer.Option(2, callback=_positive, help="relaxed: top-k"),
+                       accept_beta: float = typer.Option(0.1, help="relaxed: probability above beta"),
+                       width: int = typer.Option(4, callback=_positive, help="draft tree nodes per level"),
+                       depth: int = typer.Option(8, callback=_positive, help="draft tree levels per round"),
+                       budget: int = typer.Option(32, callback=_positive, help="draft nodes per context"),
+                       pool_from: Optional[str] = typer.Option(None, help="JSON lines of generated texts (e.g. the old "
+                                                               "items') that fill the pools; else the old items' "
+                                                               "real descriptions"),
+                       pool_fraction: float = typer.Option(1.0, help="share of the old texts warming the pools"),
+                       online: bool = typer.Option(True, help="pools learn the generated texts batch by batch"),
+                       max_output: int = typer.Option(128, callback=_positive, help="tokens per text"),
+                       limit: Optional[int] = typer.Option(None, callback=_positive_or_none, help="first N items only"),
+                       device: str = typer.Option("cpu"), seed: int = typer.Option(0)):
+    """Generate item descriptions from title | brand | categories into JSON lines, with progress and resume."""
+    from tqdm import tqdm
+
+    from recspec.knowledge import (KnowledgeConfig, generate_file, make_generator, open_knowledge, read_done,
+                                   select_items)
+    from recspec.training.text_lm import load_text_lm
+
+    cfg = _checked(KnowledgeConfig, mode=mode, pool=pool, accept_k=accept_k, accept_beta=accept_beta,
+                   batch_size=batch_size, width=width, depth=depth, budget=budget, pool_fraction=pool_fraction,
+                   online=online, max_output=max_output, seed=seed, cuda_graphs=device.startswith("cuda"))
+    lm, tokenizer = load_text_lm(model, device=device)
+    known, meta, interactions = open_knowledge(data, tokenizer, max_output=max_output)
+    ids = select_items(known, items)[:limit]
+    gen = make_generator(lm.eval(), tokenizer, known, cfg, meta, interactions,
+                         generated=_pool_texts(pool_from, read_done) if pool_from else None)
+    bar = tqdm(total=len(ids), unit="item", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    settings = {**cfg.settings(), "model": os.path.abspath(model), "pool_from": pool_from and os.path.abspath(pool_from)}
+    written, before = generate_file(gen, ids, out, settings, progress)
+    bar.close()
+    print(f"{out}: {written} texts written, {before} already there ({len(ids)} items, pool {pool}, {mode})")
+
 
 
 def _usage_errors() -> tuple[type, ...]:

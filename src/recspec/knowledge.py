@@ -10,6 +10,9 @@ online, learns every generated text of its group between batches (`Pools.sync` r
 table in place). Requests are scheduled group by group; an item outside the grouping goes to the
 nearest group by its embedding (`Grouping.route`).
 
+Own n-grams. With cfg.own the tree gets one more column, the row's own latest match in its prompt and text so
+far (`decoding.drafters.retrieval.own_match`): LASER's pool also holds the current prompt and generation.
+
 Verification. "greedy" (k = 1) keeps every text equal to plain greedy decoding; "relaxed" (LASER's
 top-k/beta rule, k = 2, beta = 0.1 by default) also keeps a drafted token the target ranks within its top
 k above probability beta: faster, not identical, judged downstream (evaluation/knowledge_check.py).
@@ -22,6 +25,7 @@ written (a torn last line is cut off and redone) and refuses a file written with
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -31,20 +35,22 @@ import numpy as np
 import torch
 
 from recspec.config import DecodeConfig, EngineConfig, TreeConfig
-from recspec.data.knowledge import MAX_OUTPUT, KnowledgeItems
+from recspec.data.datasets import load_json
+from recspec.data.knowledge import MAX_OUTPUT, MAX_PROMPT, KnowledgeItems, encode_knowledge, load_knowledge_corpus
+from recspec.data.text import item_json_path
 from recspec.data.vocab import BOS, EOS, PAD
 from recspec.decoding.constraints import FreeText
 from recspec.decoding.engine import SpecEngine, build_engine
 from recspec.errors import DataError
 from recspec.models.decoder import Decoder
 from recspec.retrieval.embeddings import item_embeddings
-from recspec.retrieval.groups import Grouping, category_groups, global_group, kmeans_groups, random_groups
+from recspec.retrieval.groups import (Grouping, category_groups, global_group, kmeans_groups, random_groups,
+                                     read_item_meta)
 from recspec.retrieval.index import DEFAULT_MAX_NODES
 from recspec.retrieval.pools import Pools
 
 POOLS = ("none", "global", "category", "kmeans", "random")
 MODES = ("greedy", "relaxed")
-MIN_CAPACITY = 1 << 12  # table slots at least; a table grows (doubles, rebuilt) when a sync drops contexts
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class KnowledgeConfig:
     depth: int = 8  # draft tree levels per round (the table's D, the engine's gamma)
     budget: int = 32  # most draft nodes kept per context's tree
     context: int = 2  # a lookup matches the last `context` tokens, then fewer
+    own: bool = True  # one more tree column: the row's own n-gram match in its prompt + text so far
     pool_fraction: float = 1.0  # share of the old items' texts that warm the pools (the pool-size sweep)
     max_nodes: int = DEFAULT_MAX_NODES  # n-gram nodes per group pool before pruning
     online: bool = True  # pools learn each batch's texts (else they hold the warm texts only)
@@ -157,12 +164,13 @@ class KnowledgeGenerator:
         return len(chosen)
 
     def learn(self, done: Iterable[Generated]) -> None:
-        """Online update: each text (prompt tail + tokens + <eos>) into its group's pool, synced into the table."""
+        """Each generated text (prompt tail + tokens + <eos>) into its item's group's pool, synced into the table:
+        the online update, and the warm-up from another run's texts (e.g. the old items')."""
         if self.pools is None:
             return
         for g in done:
             prompt = self.items.pairs([g.item])[0][0]
-            self.pools.insert(g.group, list(prompt[-self.cfg.context:]) + list(g.tokens) + [EOS])
+            self.pools.insert(self.group(g.item), list(prompt[-self.cfg.context:]) + list(g.tokens) + [EOS])
         if self.table is not None:
             self.pools.sync(self.table)
             if self.pools.dropped:  # the table is full: rebuild it twice as large (the engine recaptures)
@@ -175,14 +183,12 @@ class KnowledgeGenerator:
                               prompt_width=max(map(len, self.items.prompts)) if c.cuda_graphs else None)
         return DecodeConfig(K=1, batch_size=c.batch_size, verify="strict" if c.mode == "greedy" else "topk-beta",
                             accept_k=c.accept_k, accept_beta=c.accept_beta, engine=engine,
-                            tree=TreeConfig(draft_beams=c.width, gamma=c.depth, expand=0))
+                            tree=TreeConfig(draft_beams=c.width + int(c.own), gamma=c.depth, expand=0))
 
     def _engine(self) -> SpecEngine:
         if self.engine is None:
-            if self.pools is not None:
-                rows = sum(self.pools.num_nodes.values())
-                cap = max(MIN_CAPACITY, 1 << int(np.ceil(np.log2(max(4 * rows, 1)))), 2 * (self.table.capacity
-                          if self.table is not None else 0))
+            if self.pools is not None:  # first: the smallest table that holds every context; after drops: twice that
+                cap = 2 * self.table.capacity if self.table is not None else None
                 self.table = self.pools.compile(self.cfg.budget, self.cfg.width, self.cfg.depth, capacity=cap,
                                                 device=self.device)
             self.engine = build_engine(self.model, self.constraint, self.decode_config(), self.table)
@@ -225,15 +231,46 @@ def until_eos(tokens: Sequence[int]) -> list[int]:
 
 def make_generator(model: Decoder, tokenizer, items: KnowledgeItems, cfg: KnowledgeConfig,
                    item_meta: Mapping[int, dict], interactions: Mapping[str, Sequence[int]] | None = None,
-                   warm: Iterable[int] | None = None) -> KnowledgeGenerator:
-    """A generator whose pools (cfg.pool) are warmed with `warm`'s real texts (default: the old items)."""
+                   warm: Iterable[int] | None = None,
+                   generated: Mapping[int, Generated] | None = None) -> KnowledgeGenerator:
+    """A generator whose pools (cfg.pool) are warmed with `generated` texts (e.g. `read_done` of the old items'
+    file) where given, else with the real texts of `warm` (default: the old items)."""
     grouping = item_grouping(cfg.pool, item_meta, interactions, cfg.seed)
     emb = None
     if grouping is not None and interactions:
         emb = item_embeddings([list(s) for s in interactions.values()], max(item_meta) + 1, seed=cfg.seed)
     gen = KnowledgeGenerator(model, tokenizer, items, cfg, grouping, emb)
-    gen.warm(items.split.old if warm is None else warm)
+    if generated is not None:
+        gen.learn([generated[i] for i in sorted(generated)])
+    else:
+        gen.warm(items.split.old if warm is None else warm)
     return gen
+
+
+# --- data ---------------------------------------------------------------------------------------------
+HELD_OUT = 2  # interactions per user left out of the item embeddings: leave-one-out's validation and test
+
+
+def read_interactions(folder: str | os.PathLike) -> dict[str, list[int]] | None:
+    """The folder's `*.inter.json` {user: item ids in time order} without each user's last HELD_OUT items (the
+    downstream check's validation and test), for the collaborative item embeddings; None where there is none."""
+    found = sorted(glob.glob(os.path.join(os.fspath(folder), "*.inter.json")))
+    if not os.path.isdir(folder) or not found:
+        return None
+    raw = load_json(found[0])
+    if not isinstance(raw, dict):
+        raise DataError(f"{found[0]}: expected {{user: [item ids]}}")
+    return {str(u): [int(i) for i in s[:-HELD_OUT]] for u, s in raw.items() if isinstance(s, list)}
+
+
+def open_knowledge(data: str | os.PathLike, tokenizer, max_prompt: int = MAX_PROMPT,
+                   max_output: int = MAX_OUTPUT) -> tuple[KnowledgeItems, dict[int, dict], dict[str, list[int]] | None]:
+    """A folder holding `*.item.json` (and `*.inter.json`) -> (the items encoded with the model's tokenizer,
+    their item.json fields, the training interactions or None)."""
+    corpus = load_knowledge_corpus(data)
+    items = encode_knowledge(corpus, tokenizer, max_prompt, max_output)
+    meta = read_item_meta(item_json_path(data))
+    return items, meta, read_interactions(os.path.dirname(item_json_path(data)))
 
 
 # --- files ---------------------------------------------------------------------------------------------
@@ -241,8 +278,9 @@ def meta_path(path: str | os.PathLike) -> str:
     return os.fspath(path) + ".meta.json"
 
 
-def read_done(path: str | os.PathLike) -> dict[int, Generated]:
-    """The items already in a knowledge file; a torn last line (an interrupted write) is cut off the file."""
+def read_done(path: str | os.PathLike, repair: bool = True) -> dict[int, Generated]:
+    """The items already in a knowledge file; a torn last line (an interrupted write) is skipped, and cut off
+    the file where `repair` (a file being resumed)."""
     done: dict[int, Generated] = {}
     if not os.path.exists(path):
         return done
@@ -261,7 +299,7 @@ def read_done(path: str | os.PathLike) -> dict[int, Generated]:
         done[int(obj["item"])] = Generated(int(obj["item"]), obj["text"], tuple(obj.get("tokens", ())),
                                            int(obj.get("group", 0)), int(obj.get("target_calls", 0)))
         good += len(raw)
-    if good < len(data):
+    if good < len(data) and repair:
         with open(path, "r+b") as f:
             f.truncate(good)
     return done
@@ -319,4 +357,4 @@ def select_items(items: KnowledgeItems, which: str) -> tuple[int, ...]:
 
 
 __all__ = ["POOLS", "MODES", "KnowledgeConfig", "Generated", "KnowledgeGenerator", "item_grouping",
-           "make_generator", "generate_file", "read_done", "select_items", "until_eos"]
+           "make_generator", "open_knowledge", "read_interactions", "generate_file", "read_done", "select_items", "until_eos"]

@@ -92,3 +92,35 @@ def test_route_checks_the_batch(make_decoder):
     engine.drafter.route(torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="route\\(\\) gave 3 groups for a batch of 6"):
         engine.run(prompts)
+
+
+def test_own_match_finds_the_latest_earlier_window():
+    from recspec.decoding.drafters.retrieval import own_match
+
+    seq = torch.tensor([[5, 6, 7, 8, 5, 6, 9, 4, 5, 6, 0, 0],   # last two (5, 6) seen at 0-1 and 4-5: latest 4-5
+                        [3, 4, 5, 6, 7, 8, 9, 3, 4, 0, 0, 0],   # (3, 4) at 0-1: continuation 5, 6, 7
+                        [1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]])  # (3, 4) never earlier: nothing
+    tokens, valid = own_match(seq, torch.tensor([10, 9, 4]), c=2, depth=3)
+    assert tokens[0].tolist() == [9, 4, 5] and valid[0].tolist() == [True, True, True]
+    assert tokens[1].tolist() == [5, 6, 7] and valid[1].all()
+    assert not valid[2].any()
+    tokens, valid = own_match(seq[:1], torch.tensor([10]), c=2, depth=6)  # 9 4 5 6, then the row's end
+    assert valid[0].tolist() == [True] * 4 + [False] * 2 and tokens[0, :4].tolist() == [9, 4, 5, 6]
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_own_ngrams_with_the_pool_stay_exact_and_help(make_decoder, fixed):
+    """N = W + 1: column 0 drafts the row's own n-gram match; a random model's greedy text repeats itself, so
+    the own match alone (an empty pool) saves target calls; fixed shapes (graph replay's math) agree."""
+    target, c, rows, prompts = text_case(make_decoder)
+    want = greedy_decode(target, c, prompts)
+    table = Pools(context=2, depth=6).compile(budget=12, width=3, depth=4)
+    cfg = decode(K=1, N=4, gamma=4)
+    if fixed:
+        cfg = cfg.replace(fixed_shapes=True)
+    engine = build_engine(target, c, cfg, table)
+    got, stats = engine.run(prompts)
+    assert torch.equal(got.codes, want.codes)
+    torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
+    _, ar = build_engine(target, c, decode(K=1, N=4, gamma=4), None).run(prompts)
+    assert stats.target_calls().sum() < ar.target_calls().sum()

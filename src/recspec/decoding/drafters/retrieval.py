@@ -6,6 +6,12 @@ Each user is routed to a pool: `route(groups)` before a run gives each row's gro
 one per item or user group; 0 for all rows: one global pool). The table holds every group's trees under
 (group, context) keys, so one batch may mix groups.
 
+Own n-grams. Where the engine's N exceeds the table's width W, the first column of the tree is the row's
+own match (LASER's pool also holds the current prompt and generation): the latest earlier place where the
+row's last c tokens occurred in its prompt + output so far, and the tokens that followed it there, one per
+level, as a chain (`own_match`); the table's W nodes follow in columns 1..W. A chain node that repeats a
+table node is harmless (verification follows the first).
+
 The tree is cut to the engine's shape (N nodes per level, the round's depth) and walked once under the
 constraint: a node whose token its parent's state does not allow (text after <eos>, a SID that does not
 exist) is invalid, and so is everything below it.
@@ -30,6 +36,23 @@ def fit_levels(x: torch.Tensor, depth: int, N: int, fill) -> torch.Tensor:
         out[:, :x.shape[1], :x.shape[2]] = x
         return out
     return x
+
+
+def own_match(seq: torch.Tensor, end: torch.Tensor, c: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """seq (B, S) tokens, end (B,) each row's length (its tokens are seq[:, :end]) -> (tokens (B, depth),
+    valid (B, depth)): the tokens after the latest window seq[p-c+1 .. p], p < end - 1, equal to the row's
+    last c tokens, as far as they reach before `end`; none valid where no earlier window matches."""
+    B, S = seq.shape
+    pos = torch.arange(S, device=seq.device)
+    last = seq.gather(1, (end[:, None] - c + torch.arange(c, device=seq.device)).clamp(min=0))  # (B, c)
+    match = (pos >= c - 1)[None].expand(B, S).clone()  # match[:, p]: the window ending at p equals `last`
+    for k in range(c):
+        off = c - 1 - k  # seq[p - off] must be last[k]
+        match[:, off:] &= seq[:, :S - off] == last[:, k:k + 1]
+    p = torch.where(match & (pos[None] < (end - 1)[:, None]), pos[None], -1).amax(dim=1)  # (B,) -1: none
+    idx = p[:, None] + 1 + torch.arange(depth, device=seq.device)  # (B, depth)
+    valid = (p[:, None] >= 0) & (idx < end[:, None]) & (end[:, None] >= c)
+    return seq.gather(1, idx.clamp(max=S - 1)), valid
 
 
 @register("retrieval")
@@ -79,8 +102,16 @@ class RetrievalDrafter:
         if sampling is not None:
             raise ValueError("the retrieval drafter drafts top-N trees: use strict or topk-beta verification")
         tok, par, val = self.table.lookup(self._groups, self._context(frontier))  # (B, D, W) each
-        tok, par = fit_levels(tok, depth, self.N, 0), fit_levels(par, depth, self.N, 0)
-        val = fit_levels(val, depth, self.N, False)
+        own = self.N > self.table.width  # column 0: the row's own match, the table's nodes after it
+        W = self.N - 1 if own else self.N
+        tok, par, val = fit_levels(tok, depth, W, 0), fit_levels(par, depth, W, 0), fit_levels(val, depth, W, False)
+        if own:
+            seq = torch.cat([self.prompts.tokens, frontier.codes[:, 0]], dim=1)  # (B, T + n)
+            chain, ok = own_match(seq, self.prompts.tokens.shape[1] + frontier.level, self.table.context, depth)
+            first = (torch.arange(depth, device=tok.device) > 0).long()[None, :, None]  # (1, depth, 1)
+            tok = torch.cat([chain[..., None], tok], dim=2)  # (B, depth, N)
+            par = torch.cat([torch.zeros_like(chain)[..., None], par + first], dim=2)  # table parents shift right
+            val = torch.cat([ok[..., None], val], dim=2)
         state, ok_above = frontier.states[:, :1], torch.ones_like(val[:, 0, :1])  # (B, 1): the root
         levels = []
         for j in range(depth):

@@ -37,7 +37,7 @@ def lm(tmp_path_factory):
     model, _ = train_knowledge_lm(items, tok, ModelConfig.preset(tok.vocab_size, "tiny", max_positions=64), cfg,
                                   root / "lm")
     interactions = {str(u): [(u * 7 + j * 3) % 40 for j in range(6)] for u in range(30)}
-    return model.eval(), tok, items, read_item_meta(path), interactions
+    return model.eval(), tok, items, read_item_meta(path), interactions, path.parent, root / "lm" / "last"
 
 
 def reference(model, gen, ids):
@@ -48,7 +48,7 @@ def reference(model, gen, ids):
 
 @pytest.mark.parametrize("pool", ["none", "global", "category", "kmeans", "random"])
 def test_greedy_knowledge_equals_plain_greedy(lm, pool):
-    model, tok, items, meta, inter = lm
+    model, tok, items, meta, inter, _, _ = lm
     cfg = KnowledgeConfig(pool=pool, batch_size=5, width=3, depth=4, budget=12, max_output=MAX_OUT)
     gen = make_generator(model, tok, items, cfg, meta, inter)
     ids = select_items(items, "all")
@@ -61,7 +61,7 @@ def test_greedy_knowledge_equals_plain_greedy(lm, pool):
 
 
 def test_pools_that_learned_the_texts_save_target_calls(lm):
-    model, tok, items, meta, inter = lm
+    model, tok, items, meta, inter, _, _ = lm
     cfg = KnowledgeConfig(pool="category", batch_size=8, width=3, depth=4, budget=12, max_output=MAX_OUT)
     gen = make_generator(model, tok, items, cfg, meta, inter, warm=())
     ids = list(items.ids)
@@ -72,7 +72,7 @@ def test_pools_that_learned_the_texts_save_target_calls(lm):
 
 
 def test_relaxed_generates_every_item(lm):
-    model, tok, items, meta, inter = lm
+    model, tok, items, meta, inter, _, _ = lm
     cfg = KnowledgeConfig(mode="relaxed", pool="global", batch_size=6, width=3, depth=4, budget=12,
                           max_output=MAX_OUT)
     gen = make_generator(model, tok, items, cfg, meta, inter)
@@ -82,7 +82,7 @@ def test_relaxed_generates_every_item(lm):
 
 
 def test_file_resumes_after_a_torn_line_and_refuses_other_settings(lm, tmp_path):
-    model, tok, items, meta, inter = lm
+    model, tok, items, meta, inter, _, _ = lm
     cfg = KnowledgeConfig(pool="category", batch_size=4, width=3, depth=4, budget=12, max_output=MAX_OUT)
     ids = list(select_items(items, "all"))
     out = tmp_path / "k.jsonl"
@@ -110,3 +110,38 @@ def test_bad_settings_are_one_line_errors():
         KnowledgeConfig(mode="sample")
     with pytest.raises(ValueError, match="pool_fraction"):
         KnowledgeConfig(pool_fraction=1.5)
+
+
+def test_cli_generates_resumes_and_fails_in_one_line(lm, tmp_path, monkeypatch, capsys):
+    """`recspec knowledge generate`: texts equal to plain greedy; a rerun adds nothing; --pool-from fills the pools
+    with another run's texts; bad input is one line on stderr and exit code 2, and writes nothing."""
+    from recspec import cli
+
+    model, tok, items, meta, inter, data, ckpt = lm
+    out, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+
+    def run(*args):
+        monkeypatch.setattr("sys.argv", ["recspec", "knowledge", "generate", str(data), "--model", str(ckpt),
+                                         "--max-output", str(MAX_OUT), "--width", "3", "--depth", "4", *args])
+        try:
+            cli.main()
+        except SystemExit as e:
+            return e.code
+        return 0
+
+    assert run("--out", str(old), "--items", "old", "--pool", "none") == 0
+    assert run("--out", str(out), "--items", "new", "--pool-from", str(old), "--batch-size", "3") == 0
+    assert run("--out", str(out), "--items", "new", "--pool-from", str(old), "--batch-size", "3") == 0
+    assert "0 texts written" in capsys.readouterr().out
+    gen = make_generator(model, tok, items, KnowledgeConfig(max_output=MAX_OUT), meta, inter)
+    new = list(select_items(items, "new"))
+    want = reference(model, gen, new)
+    done = read_done(out)
+    assert sorted(done) == new and all(list(done[i].tokens) == want[i] for i in new)
+    for args, message in ((["--pool", "users"], "'users' is not one of"),
+                          (["--pool-from", str(tmp_path / "nope.jsonl")], "no such file"),
+                          (["--pool-fraction", "2"], "pool_fraction must lie in [0, 1]")):
+        assert run("--out", str(tmp_path / "bad.jsonl"), *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+        assert not (tmp_path / "bad.jsonl").exists()

@@ -142,6 +142,7 @@ class KnowledgeGenerator:
         self.table = None
         self.engine: SpecEngine | None = None
         self.rebuilds = 0  # tables rebuilt larger after a sync dropped contexts
+        self.last_stats = None  # SpecStats of the last batch
 
     def group(self, item: int) -> int:
         if self.grouping is None:
@@ -207,6 +208,7 @@ class KnowledgeGenerator:
         if engine.drafter is not None:
             engine.drafter.route(torch.tensor(groups, dtype=torch.long, device=self.device))
         out, stats = engine.run(self.items.prompt_batch(ids).to(self.device))
+        self.last_stats = stats  # the run's accepted levels per round (measurement reads them)
         codes, calls = out.codes[:, 0].tolist(), stats.target_calls().tolist()
         return [Generated(i, self.text(toks), tuple(toks), g, int(n))
                 for i, g, toks, n in zip(ids, groups, (until_eos(c) for c in codes), calls)]

@@ -24,6 +24,10 @@ class SpecStats:
     def _table(self) -> torch.Tensor:
         return torch.stack(self.accepted, dim=1).cpu() if self.accepted else torch.zeros(0, 0, dtype=torch.long)
 
+    def table(self) -> torch.Tensor:
+        """(B, rounds) levels accepted per user and round, -1 where the user was inactive (on the CPU)."""
+        return self._table()
+
     def target_calls(self) -> torch.Tensor:
         """(B,) target forward passes each user took part in."""
         return (self._table() >= 0).sum(dim=1)

@@ -7,15 +7,17 @@ items' validation loss, score it once on the new items against Kneser-Ney n-gram
 
 Nothing here looks at the new items before the end. The old items with a description are split again
 (`KnowledgeItems.validation_split`, 10%): every candidate trains on the rest for a fixed, seeded number of
-steps (--budget / candidates) and keeps `best/` by the validation items' loss (early stopping); the
-candidate with the lowest validation loss is selected; the n-gram order is chosen among --orders by the
+steps (--budget / candidates) and keeps `best/` by the validation items' loss (early stopping); best/ gets a
+temperature fitted on the same validation items (evaluation/temperature.py: a model trained for many epochs on
+~150k tokens is overconfident; --no-calibrate: T = 1); the candidate with the lowest validation loss after
+that is selected; the n-gram order is chosen among --orders by the
 same validation items. Then, once, on the new items' descriptions: the selected LM against every order
 (evaluation/text_gate.py: ppl, the per-token NLL difference and its paired bootstrap interval), the n-gram
 models fitted on the LM's own training items, plus the chosen order refitted on all old items (it sees the
 validation items the LM never trained on: a stricter baseline).
 
 Out (--out): results.json (device, command, date, rows: one per candidate (rewritten after each one), per n-gram order on validation,
-per gate), model/ (the selected checkpoint: config.json, model.safetensors, recspec.json, tokenizer.json;
+per gate), model/ (the selected checkpoint, its temperature folded in: config.json, model.safetensors, recspec.json, tokenizer.json;
 `recspec.training.text_lm.load_text_lm(out/model)` loads it). Candidates train under --work (default: a
 temporary folder, removed). Times are wall-clock seconds around whole library calls; no choice depends on them.
 """
@@ -41,7 +43,9 @@ from recspec.data.knowledge import (KnowledgeItems, encode_knowledge, load_knowl
                                     train_knowledge_tokenizer)
 from recspec.evaluation.ngram_lm import NGramLM  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
-from recspec.evaluation.text_gate import knowledge_gate, ngram_nll  # noqa: E402
+from recspec.evaluation.temperature import fit_temperature, fold_temperature  # noqa: E402
+from recspec.evaluation.text_gate import knowledge_gate, lm_nll, ngram_nll  # noqa: E402
+from recspec.models.hf import load_checkpoint, save_checkpoint  # noqa: E402
 from recspec.training.knowledge_lm import train_knowledge_lm  # noqa: E402
 from recspec.training.text_lm import TOKENIZER_FILE, TextLMConfig, load_text_lm  # noqa: E402
 
@@ -61,11 +65,13 @@ class Candidate:
 
 CANDIDATES = (
     Candidate("demo-d0.1", "demo", 0.1, 3e-3, 0.01, False),  # the CPU recipe of bench/knowledge_gate.py
-    Candidate("demo-d0.3-tie", "demo", 0.3, 2e-3, 0.1, True),
+    Candidate("small-d0.1", "small", 0.1, 1e-3, 0.1, False),
     Candidate("small-d0.2", "small", 0.2, 1e-3, 0.1, False),
     Candidate("small-d0.3-tie", "small", 0.3, 1e-3, 0.1, True),
-    Candidate("small-d0.4-tie-pl", "small", 0.4, 1e-3, 0.1, True, True),
+    Candidate("base-d0.2-tie", "base", 0.2, 5e-4, 0.1, True),
+    Candidate("small-d0.2-pl", "small", 0.2, 1e-3, 0.1, False, True),  # not in the default set (--candidates)
 )
+DEFAULT = CANDIDATES[:5]
 
 
 def parse() -> argparse.Namespace:
@@ -75,7 +81,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder: results.json and the selected model in model/")
     p.add_argument("--work", default="", help="folder for the candidates' runs (default: a temporary one, removed)")
     p.add_argument("--budget", type=int, default=20000, help="optimiser steps of all candidates together")
-    p.add_argument("--candidates", default="", help="names, comma-separated (default: all of CANDIDATES)")
+    p.add_argument("--candidates", default="", help="names, comma-separated (default: DEFAULT)")
     p.add_argument("--evals", type=int, default=20, help="validations per candidate run (early-stopping points)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--val-fraction", type=float, default=0.1, help="old scored items held out for validation")
@@ -84,6 +90,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-output", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit a temperature on the validation items and fold it into the model")
     return p.parse_args()
 
 
@@ -92,7 +100,7 @@ def chosen(names: str) -> tuple[Candidate, ...]:
     unknown = [n for n in names.split(",") if n and n not in by_name]
     if unknown:
         raise SystemExit(f"unknown candidate {unknown[0]!r}; choose from {', '.join(by_name)}")
-    return tuple(by_name[n] for n in names.split(",")) if names else CANDIDATES
+    return tuple(by_name[n] for n in names.split(",")) if names else DEFAULT
 
 
 def train_candidate(c: Candidate, items: KnowledgeItems, tokenizer, split, args, steps: int, work: str) -> dict:
@@ -102,7 +110,8 @@ def train_candidate(c: Candidate, items: KnowledgeItems, tokenizer, split, args,
                                    tie_embeddings=c.tie)
     cfg = TextLMConfig(steps=steps, batch_size=args.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                        warmup_steps=max(steps // 50, 1), max_len=max_len, eval_every=max(steps // args.evals, 1),
-                       precision="fp32" if args.device == "cpu" else "auto", seed=args.seed, threads=args.threads)
+                       precision="fp32" if args.device == "cpu" else "auto", seed=args.seed, threads=args.threads,
+                       optimizer_state=False)  # no resume here: last/ without AdamW's state is written faster
     evals: list[dict] = []
     t0 = time.perf_counter()
     _, result = train_knowledge_lm(items, tokenizer, model_cfg, cfg, os.path.join(work, c.name), dataset=c.name,
@@ -116,17 +125,28 @@ def train_candidate(c: Candidate, items: KnowledgeItems, tokenizer, split, args,
            "final_train_loss": result.train_loss, "train_s": time.perf_counter() - t0,
            "tokens_per_s": result.tokens_per_s,
            "wall_ms_per_step": 1000 * (time.perf_counter() - t0) / steps, "checkpoint": os.path.join(work, c.name, "best")}
+    row.update(calibrated(row["checkpoint"], items, split.new, args))
     print(f"{c.name}: {model_cfg.num_parameters():,} params, {steps} steps in {row['train_s']:.0f}s; validation "
           f"loss {best['heldout_loss']:.3f} at step {best['step']} (final {result.heldout_loss:.3f}, "
-          f"train {result.train_loss:.3f})", flush=True)
+          f"train {result.train_loss:.3f}); T {row['temperature']:.3f}: {row['val_loss_calibrated']:.3f}", flush=True)
     return row
 
 
+def calibrated(folder: str, items: KnowledgeItems, val_ids, args) -> dict:
+    """The temperature of a checkpoint fitted on the validation items (1 without --calibrate) and its loss there."""
+    model, _ = load_text_lm(folder, device=args.device)
+    t = fit_temperature(model, items, val_ids) if args.calibrate else 1.0
+    nll = lm_nll(fold_temperature(model, t), items, val_ids)
+    return {"temperature": t, "val_loss_calibrated": math.log(nll.ppl)}
+
+
 def save_selected(row: dict, out: str) -> str:
-    """The selected candidate's best/ and its tokenizer.json -> out/model, a folder `load_text_lm` loads."""
+    """The selected candidate's best/ with its temperature folded in, and its tokenizer.json -> out/model, a
+    folder `load_text_lm` loads."""
     folder = os.path.join(out, "model")
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(row["checkpoint"], folder)
+    model, meta = load_checkpoint(row["checkpoint"])
+    save_checkpoint(fold_temperature(model, row["temperature"]), meta, folder)
     shutil.copy(os.path.join(os.path.dirname(row["checkpoint"]), TOKENIZER_FILE), folder)
     return folder
 
@@ -147,9 +167,9 @@ def gate_row(model, ngram: NGramLM, items: KnowledgeItems, fit: str, chosen_orde
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["candidate            params    best_step  val_loss  val_ppl  selected"]
-    lines += [f"{r['name']:<20} {r['parameters']:>9,} {r['best_step']:>8} {r['val_loss']:>9.3f} {r['val_ppl']:>8.2f}"
-              f"  {'*' if r['selected'] else ''}" for r in rows if r["kind"] == "candidate"]
+    lines = ["candidate            params    best_step  val_loss  T      val_loss@T  selected"]
+    lines += [f"{r['name']:<20} {r['parameters']:>9,} {r['best_step']:>8} {r['val_loss']:>9.3f} {r['temperature']:.3f}"
+              f" {r['val_loss_calibrated']:>9.3f}  {'*' if r['selected'] else ''}" for r in rows if r["kind"] == "candidate"]
     lines += ["", "new items: order  fit    ngram_ppl  lm_ppl  diff [95% interval]       verdict"]
     lines += [f"           {r['ngram_order']:>5}  {r['ngram_fit']:<6} {r['ngram_ppl']:>9.2f} {r['lm_ppl']:>7.2f}  "
               f"{r['nll_diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]  {'PASS' if r['passed'] else 'FAIL'}"
@@ -178,7 +198,7 @@ def main() -> None:
         rows.append(train_candidate(c, items, tokenizer, split, args, steps, work))
         write_results([{k: v for k, v in r.items() if k != "checkpoint"} for r in rows],
                       os.path.join(args.out, "results.json"), args.device)
-    selected = min(rows, key=lambda r: r["val_loss"])
+    selected = min(rows, key=lambda r: r["val_loss_calibrated"])
     for r in rows:
         r["selected"] = r is selected
     folder = save_selected(selected, args.out)

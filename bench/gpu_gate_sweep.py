@@ -8,18 +8,20 @@ items' validation loss, score it once on the new items against Kneser-Ney n-gram
 Nothing here looks at the new items before the end. The old items with a description are split again
 (`KnowledgeItems.validation_split`, 10%): every candidate trains on the rest for a fixed, seeded number of
 steps (--budget / candidates) and keeps `best/` by the validation items' loss (early stopping); best/ gets a
-temperature fitted on the same validation items (evaluation/temperature.py: a model trained for many epochs on
-~150k tokens is overconfident; --no-calibrate: T = 1); the candidate with the lowest validation loss after
-that is selected; the n-gram order is chosen among --orders by the
-same validation items. Then, once, on the new items' descriptions: the selected LM against every order
-(evaluation/text_gate.py: ppl, the per-token NLL difference and its paired bootstrap interval), the n-gram
-models fitted on the LM's own training items, plus the chosen order refitted on all old items (it sees the
-validation items the LM never trained on: a stricter baseline).
+temperature fitted on the same validation items (evaluation/temperature.py: a model trained for many epochs
+on ~150k tokens is overconfident; --no-calibrate: T = 1); the candidate with the lowest validation loss
+after that is selected; the n-gram order is chosen among --orders by the same validation items. Then, once,
+on the new items' descriptions: the selected LM against every order (evaluation/text_gate.py: ppl, the
+per-token NLL difference and its paired bootstrap interval), the n-gram models fitted on the LM's own
+training items, plus the chosen order refitted on all old items (it sees the validation items the LM never
+trained on: a stricter baseline).
 
-Out (--out): results.json (device, command, date, rows: one per candidate (rewritten after each one), per n-gram order on validation,
-per gate), model/ (the selected checkpoint, its temperature folded in: config.json, model.safetensors, recspec.json, tokenizer.json;
-`recspec.training.text_lm.load_text_lm(out/model)` loads it). Candidates train under --work (default: a
-temporary folder, removed). Times are wall-clock seconds around whole library calls; no choice depends on them.
+Out (--out): results.json (device, command, date, rows: one per candidate, rewritten after each one; one per
+n-gram order on validation; one per gate), model/ (the selected checkpoint, its temperature folded in:
+config.json, model.safetensors, recspec.json, tokenizer.json; `recspec.training.text_lm.load_text_lm(out/model)`
+loads it). Candidates train under --work (default: a temporary folder, removed). Times are wall-clock seconds
+around whole library calls; no choice depends on them. On a CPU each validation scores every training item,
+so even the check above takes minutes on Office.
 """
 
 from __future__ import annotations

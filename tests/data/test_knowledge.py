@@ -131,3 +131,18 @@ def test_office_encoding_holds_on_every_item(optional_shared_datasets):
             assert piece_ids(tok, prompt + PROMPT_END) + piece_ids(tok, " " + d) == whole
     items = encode_knowledge(corpus, tok)
     assert len(items.scored(items.split.new)) == 337
+
+
+def test_validation_split_divides_the_old_scored_items_and_leaves_the_new_alone(tiny):
+    _, _, _, items = tiny
+    old = items.scored(items.split.old)
+    v = items.validation_split(0.25)
+    assert sorted(v.old + v.new) == sorted(old) and not set(v.old) & set(v.new)
+    assert not set(v.old + v.new) & set(items.split.new)
+    assert len(v.new) == len(old) - round(0.75 * len(old))
+    assert items.validation_split(0.25) == v  # sha256 order: no generator state
+    assert items.validation_split(0.25, seed=2) != v or len(old) < 3
+    with pytest.raises(ValueError, match="fraction"):
+        items.validation_split(1.0)
+    with pytest.raises(DataError, match="too few"):
+        items.validation_split(0.001)

@@ -4,6 +4,7 @@ validation loss is the gate's perplexity, and `load_text_lm` loads it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from recspec.data.vocab import BOS, EOS, PAD
 from recspec.errors import DataError
 from recspec.evaluation.text_gate import perplexity
 from recspec.training.knowledge_lm import knowledge_windows, train_knowledge_lm
-from recspec.training.text_lm import TextLMConfig, load_text_lm, text_windows
+from recspec.training.text_lm import TextLMConfig, load_text_lm, sequence_loss, text_windows
 from recspec.training.windows import IGNORE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,3 +86,17 @@ def test_same_seed_same_weights(trained, tmp_path):
     again, _ = train_knowledge_lm(items, tokenizer, model.cfg, CFG, tmp_path / "again")
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_trains_on_and_validates_with_the_ids_given(trained, tmp_path):
+    items, tokenizer, model, _, _ = trained
+    v = items.validation_split(0.25)
+    cfg = dataclasses.replace(CFG, steps=10, eval_every=5)
+    evals = []
+    fit, r = train_knowledge_lm(items, tokenizer, model.cfg, cfg, tmp_path / "val", train_ids=v.old,
+                                heldout_ids=v.new, on_log=lambda e: evals.append(e) if e["event"] == "eval" else None)
+    assert r.heldout_loss == pytest.approx(sequence_loss(fit, knowledge_windows(items, v.new)), rel=1e-6)
+    assert r.train_loss == pytest.approx(sequence_loss(fit, knowledge_windows(items, v.old)), rel=1e-6)
+    best = min(evals, key=lambda e: e["heldout_loss"])  # best/ is early stopping on the validation items
+    kept, _ = load_text_lm(tmp_path / "val" / "best")
+    assert sequence_loss(kept, knowledge_windows(items, v.new)) == pytest.approx(best["heldout_loss"], rel=1e-6)

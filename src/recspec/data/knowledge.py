@@ -30,7 +30,8 @@ training loss, n-gram count or perplexity (`KnowledgeItems.scored`). An [<eos>]-
 teach the model to stop at once on a quarter of the items, which is not the task.
 
 Old / new split: data/text.py's `split_items` (sha256 order of the ids): the tokenizer, the LM and the
-n-gram baseline see the old items only; the new items are held out.
+n-gram baseline see the old items only; the new items are held out. Choices made while training (steps,
+model size, n-gram order) use `KnowledgeItems.validation_split`, a second split of the old items.
 """
 
 from __future__ import annotations
@@ -150,6 +151,16 @@ class KnowledgeItems:
     def scored(self, ids: Iterable[int]) -> tuple[int, ...]:
         """The items among `ids` with an output (a non-empty description): those that train and are scored."""
         return tuple(i for i in ids if self.outputs[self.row(i)])
+
+    def validation_split(self, fraction: float = 0.1, seed: int = 1) -> ItemSplit:
+        """The old scored items split again (data/text.py's `split_items`, sha256 order under `seed`): `old` trains,
+        `new` validates (early stopping, model and n-gram order selection), so the new items are scored once."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        split = split_items(self.scored(self.split.old), 1.0 - fraction, seed)
+        if not split.old or not split.new:
+            raise DataError(f"{len(self.scored(self.split.old))} old scored items: too few to hold out {fraction:.0%}")
+        return split
 
     def pairs(self, ids: Iterable[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(prompt tokens, output tokens) of each item of `ids`, in that order."""

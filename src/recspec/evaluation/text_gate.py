@@ -86,6 +86,17 @@ def lm_nll(model: Decoder, items: KnowledgeItems, ids: Iterable[int] | None = No
 
 def _batch_nll(model: Decoder, pairs: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> np.ndarray:
     """b (prompt, output) pairs -> (b,) summed NLL of the outputs; one forward, right padding."""
+    logits, target, row = scored_logits(model, pairs)  # (n, V), (n,), (n,)
+    nll = F.cross_entropy(logits, target, reduction="none")  # (n,)
+    per_item = torch.zeros(len(pairs), dtype=torch.float64, device=logits.device).index_add_(0, row, nll.double())
+    return per_item.cpu().numpy()  # host sync: scoring only
+
+
+@torch.no_grad()
+def scored_logits(model: Decoder, pairs: list[tuple[tuple[int, ...], tuple[int, ...]]]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """b (prompt, output) pairs -> fp32 logits (n, V) at the n output tokens' positions, their targets (n,) and
+    each one's pair (n,); one forward, right padding, the model's current mode."""
     device = next(model.parameters()).device
     T = max(len(p) + len(o) for p, o in pairs)
     tokens = torch.full((len(pairs), T), PAD, dtype=torch.int64)  # (b, T)
@@ -97,10 +108,8 @@ def _batch_nll(model: Decoder, pairs: list[tuple[tuple[int, ...], tuple[int, ...
     pos = torch.arange(T, device=device).expand(len(pairs), T)  # (b, T)
     keep = target >= 0  # (b, T)
     logits = model.head(model.hidden(tokens, pos)[keep]).float()  # (n, V) the scored positions only
-    nll = F.cross_entropy(logits, target[keep], reduction="none")  # (n,)
     row = torch.arange(len(pairs), device=device).unsqueeze(1).expand(-1, T)[keep]  # (n,) each token's item
-    per_item = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, row, nll.double())
-    return per_item.cpu().numpy()  # host sync: scoring only
+    return logits, target[keep], row
 
 
 def _lengths(items: KnowledgeItems, ids: tuple[int, ...]) -> np.ndarray:

@@ -142,6 +142,7 @@ class KnowledgeGenerator:
         self.table = None
         self.engine: SpecEngine | None = None
         self.rebuilds = 0  # tables rebuilt larger after a sync dropped contexts
+        self._capacity: int | None = None  # the next table's slots (None: the smallest that holds every context)
         self.last_stats = None  # SpecStats of the last batch
 
     def group(self, item: int) -> int:
@@ -175,6 +176,7 @@ class KnowledgeGenerator:
         if self.table is not None:
             self.pools.sync(self.table)
             if self.pools.dropped:  # the table is full: rebuild it twice as large (the engine recaptures)
+                self._capacity = 2 * self.table.capacity
                 self.table, self.engine = None, None
                 self.rebuilds += 1
 
@@ -186,12 +188,15 @@ class KnowledgeGenerator:
                             accept_k=c.accept_k, accept_beta=c.accept_beta, engine=engine,
                             tree=TreeConfig(draft_beams=c.width + int(c.own), gamma=c.depth, expand=0))
 
+    def share_pools(self, other: "KnowledgeGenerator") -> None:
+        """Draft from `other`'s pools and table (e.g. greedy and relaxed runs over one pool)."""
+        self.pools, self.table, self.engine = other.pools, other.table, None
+
     def _engine(self) -> SpecEngine:
         if self.engine is None:
-            if self.pools is not None:  # first: the smallest table that holds every context; after drops: twice that
-                cap = 2 * self.table.capacity if self.table is not None else None
-                self.table = self.pools.compile(self.cfg.budget, self.cfg.width, self.cfg.depth, capacity=cap,
-                                                device=self.device)
+            if self.pools is not None and self.table is None:  # the smallest table holding every context, or
+                self.table = self.pools.compile(self.cfg.budget, self.cfg.width, self.cfg.depth,  # twice the last
+                                                capacity=self._capacity, device=self.device)
             self.engine = build_engine(self.model, self.constraint, self.decode_config(), self.table)
         return self.engine
 

@@ -804,6 +804,32 @@ def _pool_texts(path: str, read_done):
     return read_done(path, repair=False)
 
 
+@knowledge_app.command("train")
+def knowledge_train(data: str = typer.Argument(..., help="folder with <name>.item.json"),
+                    out: str = typer.Option(..., help="run folder: lm/ (training), model/ (the selected model), gate.json"),
+                    size: str = typer.Option("demo", help="model size preset"),
+                    steps: int = typer.Option(1200, callback=_positive), batch_size: int = typer.Option(32, callback=_positive),
+                    lr: float = typer.Option(3e-3), dropout: float = typer.Option(0.1),
+                    weight_decay: float = typer.Option(0.01), eval_every: int = typer.Option(100, callback=_positive),
+                    device: str = typer.Option("cpu"), threads: int = typer.Option(0), seed: int = typer.Option(0)):
+    """Train the knowledge text model on the old items (early stopping and temperature on a validation share of
+    them), then its quality gate: perplexity on the new items' descriptions against interpolated KN n-grams."""
+    from recspec.config import ModelConfig
+    from recspec.evaluation.report import write_results
+    from recspec.knowledge import train_text_model
+    from recspec.training.text_lm import TextLMConfig
+
+    cfg = _checked(TextLMConfig, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                   warmup_steps=max(steps // 50, 1), eval_every=eval_every, seed=seed, threads=threads)
+    sized = lambda v, n: _checked(ModelConfig.preset, v, size, max_positions=n, dropout=dropout)  # noqa: E731
+    folder, rows = train_text_model(data, out, sized, cfg, device=device, progress=True)
+    for r in rows:
+        print(f"KN order {r['ngram_order']}: n-gram ppl {r['ngram_ppl']:.2f}, LM ppl {r['lm_ppl']:.2f} "
+              f"[{r['lo']:+.3f}, {r['hi']:+.3f}] nats/token: {'PASS' if r['passed'] else 'FAIL'}"
+              f"{'  (the order validation chooses)' if r['chosen_order'] else ''}")
+    print(f"model: {folder}  gate: {write_results(rows, os.path.join(out, 'gate.json'), device)}")
+
+
 @knowledge_app.command("generate")
 def knowledge_generate(data: str = typer.Argument(..., help="folder with <name>.item.json (and <name>.inter.json)"),
                        model: str = typer.Option(..., help="text LM checkpoint folder (recspec knowledge train)"),

@@ -36,18 +36,25 @@ import torch
 
 from recspec.config import DecodeConfig, EngineConfig, TreeConfig
 from recspec.data.datasets import load_json
-from recspec.data.knowledge import MAX_OUTPUT, MAX_PROMPT, KnowledgeItems, encode_knowledge, load_knowledge_corpus
+from recspec.data.knowledge import (MAX_OUTPUT, MAX_PROMPT, KnowledgeItems, encode_knowledge, load_knowledge_corpus,
+                                    train_knowledge_tokenizer)
 from recspec.data.text import item_json_path
 from recspec.data.vocab import BOS, EOS, PAD
 from recspec.decoding.constraints import FreeText
 from recspec.decoding.engine import SpecEngine, build_engine
 from recspec.errors import DataError
+from recspec.evaluation.ngram_lm import NGramLM
+from recspec.evaluation.temperature import fit_temperature, fold_temperature
+from recspec.evaluation.text_gate import knowledge_gate, lm_nll, ngram_nll
 from recspec.models.decoder import Decoder
+from recspec.models.hf import load_checkpoint, save_checkpoint
 from recspec.retrieval.embeddings import item_embeddings
 from recspec.retrieval.groups import (Grouping, category_groups, global_group, kmeans_groups, random_groups,
                                      read_item_meta)
 from recspec.retrieval.index import DEFAULT_MAX_NODES
 from recspec.retrieval.pools import Pools
+from recspec.training.knowledge_lm import train_knowledge_lm
+from recspec.training.text_lm import load_text_lm
 
 POOLS = ("none", "global", "category", "kmeans", "random")
 MODES = ("greedy", "relaxed")
@@ -280,6 +287,45 @@ def open_knowledge(data: str | os.PathLike, tokenizer, max_prompt: int = MAX_PRO
     return items, meta, read_interactions(os.path.dirname(item_json_path(data)))
 
 
+# --- the text model ---------------------------------------------------------------------------------
+GATE_ORDERS = (2, 3, 4, 5, 6)  # KN orders fitted; the gate compares with the one the old validation chooses
+
+
+def train_text_model(data: str | os.PathLike, out: str | os.PathLike, model_cfg_for, cfg, val_fraction: float = 0.1,
+                     device: str = "cpu", on_log=None, progress: bool = False) -> tuple[str, list[dict]]:
+    """The knowledge text model, selected without the new items: tokenizer and LM trained on the old items less
+    a validation share (early stopping: the lowest validation loss, `best/`), a temperature fitted there and
+    folded in, saved to out/model; then the quality gate on the new items' descriptions against KN n-gram
+    models of `GATE_ORDERS` fitted on the same training items, the order chosen by validation perplexity.
+    model_cfg_for(vocab_size, max_len) -> ModelConfig; cfg: TextLMConfig. -> (out/model, the gate's rows)."""
+    out = os.fspath(out)
+    corpus = load_knowledge_corpus(data, seed=cfg.seed)
+    tokenizer = train_knowledge_tokenizer(corpus)
+    items = encode_knowledge(corpus, tokenizer)
+    split = items.validation_split(val_fraction, seed=cfg.seed + 1)
+    max_len = max(len(p) + len(o) for p, o in zip(items.prompts, items.outputs))
+    train_knowledge_lm(items, tokenizer, model_cfg_for(tokenizer.vocab_size, max_len),
+                       dataclasses.replace(cfg, max_len=max_len), os.path.join(out, "lm"), on_log=on_log,
+                       progress=progress, device=device, train_ids=split.old, heldout_ids=split.new)
+    model, meta = load_checkpoint(os.path.join(out, "lm", "best"), device=device)
+    temperature = fit_temperature(model, items, split.new)
+    folder = os.path.join(out, "model")
+    save_checkpoint(fold_temperature(model, temperature), meta, folder)
+    tokenizer.save(os.path.join(folder, "tokenizer.json"))
+    model, _ = load_text_lm(folder, device=device)  # the saved files are what is scored
+    seqs = [p + o for p, o in items.pairs(split.old)]
+    ngrams = {n: NGramLM.fit(seqs, tokenizer.vocab_size, n) for n in GATE_ORDERS}
+    val = {n: ngram_nll(m, items, split.new).ppl for n, m in ngrams.items()}
+    chosen = min(val, key=val.get)
+    rows = []
+    for n, m in ngrams.items():
+        g = knowledge_gate(model, m, items, seed=cfg.seed)
+        rows.append({"task": "knowledge-gate", **dataclasses.asdict(g), "ngram_val_ppl": val[n],
+                     "chosen_order": n == chosen, "temperature": temperature,
+                     "lm_val_ppl": lm_nll(model, items, split.new).ppl})
+    return folder, rows
+
+
 # --- files ---------------------------------------------------------------------------------------------
 def meta_path(path: str | os.PathLike) -> str:
     return os.fspath(path) + ".meta.json"
@@ -364,4 +410,4 @@ def select_items(items: KnowledgeItems, which: str) -> tuple[int, ...]:
 
 
 __all__ = ["POOLS", "MODES", "KnowledgeConfig", "Generated", "KnowledgeGenerator", "item_grouping",
-           "make_generator", "open_knowledge", "read_interactions", "generate_file", "read_done", "select_items", "until_eos"]
+           "make_generator", "train_text_model", "open_knowledge", "read_interactions", "generate_file", "read_done", "select_items", "until_eos"]

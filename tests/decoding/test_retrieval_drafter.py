@@ -1,14 +1,21 @@
 """The retrieval drafter (LASER) on text: greedy tree speculation from pools' precomputed trees equals plain
 greedy decoding row by row, with a pool that knows the outputs, one that knows nothing, mixed groups in a
-batch and a table updated in place between runs; a pool of the outputs saves target calls."""
+batch and a table updated in place between runs; a pool of the outputs saves target calls.
+
+On item lists (`ItemList`, per-user bans that grow as items finish): the Beauty test users' lists, drafted
+from pools of OTHER users' greedy lists (two groups), from pools that draft every item twice (trees that
+propose items the list already holds) and with the history items excluded, equal plain greedy user by
+user at batch 16 and 1."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from recspec.data.vocab import Prompts
-from recspec.decoding.constraints import FreeText
+from recspec.data.datasets import load_sequential
+from recspec.data.exclusion import history_rows
+from recspec.data.vocab import Prompts, build_prompts
+from recspec.decoding.constraints import FreeText, ItemList
 from recspec.decoding.engine import build_engine
 from recspec.decoding.greedy import greedy_decode
 from recspec.retrieval.pools import Pools
@@ -124,3 +131,83 @@ def test_own_ngrams_with_the_pool_stay_exact_and_help(make_decoder, fixed):
     torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
     _, ar = build_engine(target, c, decode(K=1, N=4, gamma=4), None).run(prompts)
     assert stats.target_calls().sum() < ar.target_calls().sum()
+
+
+# --- item lists: bans per user that grow as items finish ------------------------------------------------------
+LIST_M = 10  # items per list
+POOL_USERS, EVAL_USERS, SINGLE = 96, 32, 6  # Beauty test users: pool lists / decoded at batch 16 / at batch 1
+
+
+@pytest.fixture(scope="module")
+def list_case(beauty, sequential_dataset):
+    """The tiny target's greedy lists of POOL_USERS test users (the pool's), and EVAL_USERS other users'
+    histories, with their plain greedy lists at batch 16 and 1 (the references), with and without history."""
+    data, _ = load_sequential(sequential_dataset)
+    hist = [e.history for e in data.test[:EVAL_USERS + POOL_USERS]]
+    c = ItemList(beauty.trie, LIST_M)
+    prompts = lambda hs: build_prompts(beauty.vocab, beauty.index, hs)  # noqa: E731
+    pool_p = prompts(hist[EVAL_USERS:])
+    pool_lists = greedy_decode(beauty.target, c, pool_p).codes[:, 0]  # (P, M * (L + 1))
+    pool_seqs = [pool_p.tokens[i, -2:].tolist() + pool_lists[i].tolist() for i in range(len(pool_lists))]
+    evals = {16: [prompts(hist[i:i + 16]) for i in range(0, EVAL_USERS, 16)],
+             1: [prompts(hist[i:i + 1]) for i in range(SINGLE)]}
+    rows = {b: [history_rows(beauty.trie, hist[i:i + b]) for i in range(0, len(ps) * b, b)] for b, ps in evals.items()}
+    want = {(b, x): [greedy_decode(beauty.target, c, p, exclude=r if x else None).codes for p, r in zip(ps, rows[b])]
+            for b, ps in evals.items() for x in (False, True)}
+    return c, pool_seqs, evals, rows, want
+
+
+def doubled(codes: list[int], L: int) -> list[int]:
+    """A list's tokens with every item (its L codes and <eos>) written twice in a row."""
+    items = [codes[i:i + L + 1] for i in range(0, len(codes), L + 1)]
+    return [t for item in items for t in item + item]
+
+
+def run_lists(beauty, c, table, evals, rows, exclude: bool, group=lambda u: u % 2):
+    """Every batch's speculative lists (user u of the evaluated ones routed to pool group(u)) and target calls."""
+    engine = build_engine(beauty.target, c, decode(K=1, N=4, gamma=beauty.trie.num_levels + 1), table)
+    out, calls = [], []
+    for b, (p, r) in enumerate(zip(evals, rows)):
+        B = p.tokens.shape[0]
+        engine.drafter.route(group(torch.arange(b * B, (b + 1) * B)))
+        got, stats = engine.run(p, exclude=r if exclude else None)
+        out.append(got.codes)
+        calls.append(stats.target_calls())
+    return out, torch.cat(calls)
+
+
+@pytest.mark.parametrize("batch", [16, 1])
+def test_lists_from_other_users_pools_equal_greedy(beauty, list_case, batch):
+    """Pools of other users' lists (their prompt tail and list tokens, two groups): every user's list is her
+    plain greedy list, with and without her history items."""
+    c, pool_seqs, evals, rows, want = list_case
+    pools = Pools(context=2, depth=8)
+    for i, seq in enumerate(pool_seqs):
+        pools.insert(i % 2, seq)
+    table = pools.compile(budget=16, width=4, depth=6)
+    for exclude in (False, True):
+        got, calls = run_lists(beauty, c, table, evals[batch], rows[batch], exclude)
+        for g, w in zip(got, want[batch, exclude]):
+            same = (g == w).all(dim=-1)[:, 0]
+            assert same.all(), f"users {(~same).nonzero().flatten().tolist()} differ from greedy"
+
+
+def test_trees_that_repeat_items_stay_exact(beauty, list_case):
+    """One pool per user holding her own list with every item written twice: after an item's <eos> the tree
+    proposes that item again (one the list holds, banned since it finished) beside the next one. The target
+    never takes the repeat, the lists are greedy's, and every user accepts drafted tokens (the first round's
+    tree is her list's first item, under her prompt's tail)."""
+    c, _, evals, rows, want = list_case
+    L = beauty.trie.num_levels
+    pools = Pools(context=2, depth=8)
+    for b, p in enumerate(evals[16]):
+        for u in range(p.tokens.shape[0]):
+            pools.insert(b * 16 + u, p.tokens[u, -2:].tolist() + doubled(want[16, False][b][u, 0].tolist(), L))
+    table = pools.compile(budget=16, width=4, depth=6)
+    got, calls = run_lists(beauty, c, table, evals[16], rows[16], exclude=False, group=lambda u: u)
+    assert all(torch.equal(g, w) for g, w in zip(got, want[16, False]))
+    assert (calls < c.num_levels).all()
+
+
+def test_doubled_writes_each_item_twice():
+    assert doubled([7, 8, 2, 9, 10, 2], 2) == [7, 8, 2, 7, 8, 2, 9, 10, 2, 9, 10, 2]

@@ -94,6 +94,16 @@ class RetrievalDrafter:
         idx = (T + f.level - c)[:, None] + torch.arange(c, device=seq.device)  # (B, c)
         return seq.gather(1, idx.clamp(min=0))
 
+    def _parent_states(self, root: torch.Tensor, tok: torch.Tensor, par: torch.Tensor) -> torch.Tensor:
+        """root (B, 1) state, tok / par (B, d, N) -> (B, d, N) the constraint state before each node (its
+        parent's state after the parent's token); the bans play no part here (`constraint.step`)."""
+        state, out = root, []
+        for j in range(tok.shape[1]):
+            ps = state.gather(1, par[:, j].clamp(max=state.shape[1] - 1))  # (B, N)
+            out.append(ps)
+            state = self.constraint.step(ps, tok[:, j])
+        return torch.stack(out, dim=1) if out else tok.new_zeros(tok.shape)
+
     @torch.no_grad()
     def propose(self, frontier: Frontier, depth: int, widths: tuple[int, ...] | None = None,
                 sampling: Sampling | None = None) -> DraftTree:
@@ -112,17 +122,18 @@ class RetrievalDrafter:
             tok = torch.cat([chain[..., None], tok], dim=2)  # (B, depth, N)
             par = torch.cat([torch.zeros_like(chain)[..., None], par + first], dim=2)  # table parents shift right
             val = torch.cat([ok[..., None], val], dim=2)
-        state, ok_above = frontier.states[:, :1], torch.ones_like(val[:, 0, :1])  # (B, 1): the root
-        levels = []
+        ps = self._parent_states(frontier.states[:, :1], tok, par)  # (B, depth, N)
+        B = ps.shape[0]
+        allowed = self.constraint.allowed(ps.reshape(B, -1), frontier.banned)  # (B, depth * N, V): ONE call
+        allowed = allowed.gather(2, tok.reshape(B, -1, 1)).reshape(B, depth, self.N)  # bans: a per-user mask
+        ok_above, levels = torch.ones_like(val[:, 0, :1]), []  # (B, 1): the root
         for j in range(depth):
-            p = par[:, j].clamp(max=state.shape[1] - 1)
-            ps = state.gather(1, p)  # (B, N) parent states
-            allowed = self.constraint.allowed(ps, frontier.banned).gather(2, tok[:, j, :, None])[..., 0]
-            ok = val[:, j] & allowed & ok_above.gather(1, p) & (par[:, j] < state.shape[1])
+            ok = val[:, j] & allowed[:, j] & ok_above.gather(1, par[:, j].clamp(max=ok_above.shape[1] - 1))
+            ok &= par[:, j] < ok_above.shape[1]
             if widths is not None:
                 ok &= torch.arange(self.N, device=ok.device) < widths[j]
             levels.append(ok)
-            state, ok_above = self.constraint.step(ps, tok[:, j]), ok
+            ok_above = ok
         valid = torch.stack(levels, dim=1) if levels else val
         fed = tuple(widths) if widths is not None and any(w < self.N for w in widths) else None
         return DraftTree(tokens=tok, parents=par, valid=valid, fed=fed)

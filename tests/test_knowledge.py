@@ -145,3 +145,26 @@ def test_cli_generates_resumes_and_fails_in_one_line(lm, tmp_path, monkeypatch, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
         assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_cli_train_selects_on_old_items_and_reports_the_gate(lm, tmp_path, monkeypatch, capsys):
+    """`recspec knowledge train`: a loadable model/ and gate.json with one row per KN order, one of them the order
+    the old items' validation share chose; a bad size is one line and exit code 2."""
+    from recspec import cli
+    from recspec.training.text_lm import load_text_lm
+
+    data = lm[5]
+    argv = ["recspec", "knowledge", "train", str(data), "--out", str(tmp_path / "run"), "--size", "tiny",
+            "--steps", "30", "--eval-every", "10", "--batch-size", "8", "--lr", "1e-2"]
+    monkeypatch.setattr("sys.argv", argv)
+    cli.main()
+    capsys.readouterr()
+    model, tok = load_text_lm(tmp_path / "run" / "model")
+    rows = json.loads((tmp_path / "run" / "gate.json").read_text())["rows"]
+    assert [r["ngram_order"] for r in rows] == [2, 3, 4, 5, 6] and sum(r["chosen_order"] for r in rows) == 1
+    assert all(r["lm_ppl"] > 1 and r["passed"] == (r["lm_ppl"] < r["ngram_ppl"]) for r in rows)
+    monkeypatch.setattr("sys.argv", argv[:-8] + ["--size", "huge"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "unknown model size 'huge'" in err

@@ -821,7 +821,8 @@ def knowledge_train(data: str = typer.Argument(..., help="folder with <name>.ite
 
     cfg = _checked(TextLMConfig, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                    warmup_steps=max(steps // 50, 1), eval_every=eval_every, seed=seed, threads=threads)
-    sized = lambda v, n: _checked(ModelConfig.preset, v, size, max_positions=n, dropout=dropout)  # noqa: E731
+    _checked(ModelConfig.preset, 8, size, dropout=dropout)  # a bad size or dropout fails before any work
+    sized = lambda v, n: ModelConfig.preset(v, size, max_positions=n, dropout=dropout)  # noqa: E731
     folder, rows = train_text_model(data, out, sized, cfg, device=device, progress=True)
     for r in rows:
         print(f"KN order {r['ngram_order']}: n-gram ppl {r['ngram_ppl']:.2f}, LM ppl {r['lm_ppl']:.2f} "

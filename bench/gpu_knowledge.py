@@ -67,9 +67,17 @@ def parse() -> argparse.Namespace:
     p.add_argument("--width", type=int, default=4)
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--budget", type=int, default=32)
+    p.add_argument("--big-tree", default="8,12,64", help="width,depth,budget of a second tree for the category pool "
+                   "at fraction 1 ('' for none): the paper's 64 draft tokens, depth <= 12")
     p.add_argument("--device", default="cuda")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    p.add_argument("--cpu-smoke", action="store_true", help="the same script on the CPU, tiny: a tiny model trained "
+                   "60 steps, 60 items, one pool fraction, eager rounds (checks the script before device time)")
+    args = p.parse_args()
+    if args.cpu_smoke:
+        args.device, args.size, args.steps, args.b1_items, args.new_items = "cpu", "tiny", 60, 2, 8
+        args.all_items, args.fractions, args.orders, args.big_tree, args.depth = 60, "1.0", "2", "", 4
+    return args
 
 
 def stamp(t0: float, what: str) -> None:
@@ -143,9 +151,9 @@ def main() -> None:
 
     # 3. plain greedy of every item (the reference), old texts for the pools
     def generator(pool: str, mode: str = "greedy", batch: int = 16, fraction: float = 1.0, graphs: bool = True,
-                  grouping=None) -> KnowledgeGenerator:
-        cfg = KnowledgeConfig(mode=mode, pool=pool, batch_size=batch, width=args.width, depth=args.depth,
-                              budget=args.budget, pool_fraction=fraction, online=False, max_output=MAX_OUT,
+                  grouping=None, tree=None) -> KnowledgeGenerator:
+        width, depth, budget = tree or (args.width, args.depth, args.budget)
+        cfg = KnowledgeConfig(mode=mode, pool=pool, batch_size=batch, width=width, depth=depth, budget=budget, pool_fraction=fraction, online=False, max_output=MAX_OUT,
                               seed=args.seed, cuda_graphs=graphs and args.device == "cuda")
         return KnowledgeGenerator(model, tok, items, cfg, grouping, emb)
 
@@ -174,34 +182,37 @@ def main() -> None:
                      "median_ms": statistics.median(ar_ms), "tau": tau(ar_texts), "speedup_vs_ar": 1.0,
                      "ar_step_ms": step_ms, "mismatches": sum(ar_texts[i].tokens != ref[i].tokens for i in ids)})
         stamp(t0, f"b{batch}: AR {sum(ar_ms) / 1e3:.1f}s, {step_ms:.3f} ms/step")
-    for kind in POOL_KINDS:
-        for fraction in fractions:
-            pool = generator(kind, "greedy", 1, fraction, grouping=groupings[kind])
-            pool.learn([ref[i] for i in old if keep(i, fraction, args.seed)])
-            pool._engine()  # compiles the table once for every run below
-            stamp(t0, f"pool {kind} {fraction}: {sum(pool.pools.num_nodes.values())} nodes, "
-                      f"{pool.table.capacity} slots")
-            for batch, ids in sets.items():
-                ar_total, step_ms = ar_runs[batch]
-                for mode in ("greedy", "relaxed"):
-                    gen = generator(kind, mode, batch, fraction, grouping=groupings[kind])
-                    gen.share_pools(pool)
-                    run_all(gen, gen.schedule(ids)[:1])  # warm-up: captures the graphs
-                    texts, ms, acc = run_all(gen, gen.schedule(ids))
-                    lookup, walk = lookup_ms(gen, texts, batch)
-                    differ = sum(texts[i].tokens != ref[i].tokens for i in ids)
-                    rows.append({"task": "knowledge", "batch": batch, "items": len(ids), "gate": gate,
-                                 "precision": "fp32", "graphs": args.device == "cuda", "mode": mode, "pool": kind,
-                                 "pool_fraction": fraction, "pool_size": sum(gen.pools.num_nodes.values()),
-                                 "table_slots": gen.table.capacity, "groups": gen.grouping.num_groups,
-                                 "median_ms": statistics.median(ms), "speedup_vs_ar": ar_total / sum(ms),
-                                 "tau": tau(texts), "retrieval_ms": lookup, "host_walk_ms": walk,
-                                 "retrieval_share_of_step": lookup / step_ms, "mismatches": differ,
-                                 "share_differing": differ / len(ids), "round_ms": sum(ms) / rounds(acc),
-                                 "ar_step_ms": step_ms, "acceptance_by_position": acceptance(acc, args.depth)})
-                    r = rows[-1]
-                    stamp(t0, f"b{batch} {mode} {kind} {fraction}: x{r['speedup_vs_ar']:.2f} tau {r['tau']:.2f} "
-                              f"mism {differ} round {r['round_ms']:.3f} ms lookup {lookup:.3f} walk {walk:.3f}")
+    grid = [(kind, fraction, None) for kind in POOL_KINDS for fraction in fractions]
+    if args.big_tree:
+        grid.append(("category", 1.0, tuple(int(x) for x in args.big_tree.split(","))))
+    for kind, fraction, tree in grid:
+        pool = generator(kind, "greedy", 1, fraction, grouping=groupings[kind], tree=tree)
+        pool.learn([ref[i] for i in old if keep(i, fraction, args.seed)])
+        pool._engine()  # compiles the table once for every run below
+        stamp(t0, f"pool {kind} {fraction}: {sum(pool.pools.num_nodes.values())} nodes, "
+                  f"{pool.table.capacity} slots")
+        for batch, ids in sets.items():
+            ar_total, step_ms = ar_runs[batch]
+            for mode in ("greedy", "relaxed"):
+                gen = generator(kind, mode, batch, fraction, grouping=groupings[kind], tree=tree)
+                gen.share_pools(pool)
+                run_all(gen, gen.schedule(ids)[:1])  # warm-up: captures the graphs
+                texts, ms, acc = run_all(gen, gen.schedule(ids))
+                lookup, walk = lookup_ms(gen, texts, batch)
+                differ = sum(texts[i].tokens != ref[i].tokens for i in ids)
+                rows.append({"task": "knowledge", "batch": batch, "items": len(ids), "gate": gate,
+                             "precision": "fp32", "graphs": args.device == "cuda", "mode": mode, "pool": kind,
+                             "pool_fraction": fraction, "pool_size": sum(gen.pools.num_nodes.values()),
+                             "table_slots": gen.table.capacity, "groups": gen.grouping.num_groups,
+                             "median_ms": statistics.median(ms), "speedup_vs_ar": ar_total / sum(ms),
+                             "tau": tau(texts), "retrieval_ms": lookup, "host_walk_ms": walk,
+                             "retrieval_share_of_step": lookup / step_ms, "mismatches": differ,
+                             "share_differing": differ / len(ids), "round_ms": sum(ms) / rounds(acc),
+                             "ar_step_ms": step_ms, "acceptance_by_position": acceptance(acc, gen.cfg.depth),
+                             "tree": [gen.cfg.width, gen.cfg.depth, gen.cfg.budget]})
+                r = rows[-1]
+                stamp(t0, f"b{batch} {mode} {kind} {fraction} {r['tree']}: x{r['speedup_vs_ar']:.2f} tau {r['tau']:.2f} "
+                          f"mism {differ} round {r['round_ms']:.3f} ms lookup {lookup:.3f} walk {walk:.3f}")
 
     # 5. every item's relaxed text, category pools of the old texts
     rel = generator("category", "relaxed", 64, 1.0, graphs=False, grouping=groupings["category"])

@@ -14,8 +14,9 @@ Steps (all fp32, TF32 off, so greedy speculation can be compared with plain gree
    graphs, against plain greedy decoding of the same items in the same run: median ms, speedup_vs_ar (sum of
    AR times / sum of speculative times, same items), tau (generated tokens per target call), mismatches
    (texts differing from plain greedy), acceptance per position, retrieval_ms (the table lookup per step).
-5. Every item's relaxed text with the category pool (batch 64): OUT/knowledge_relaxed.jsonl, for the
-   downstream check on the CPU (bench/ctr_check.py) and the sentence-encoder cosine.
+5. Every item's relaxed text with category pools (batch 64) as `recspec knowledge generate --mode relaxed`
+   makes it (pools warmed with the old items' descriptions, then learning each batch's texts):
+   OUT/knowledge_relaxed.jsonl, for the downstream check on the CPU (bench/ctr_check.py) and the cosine.
 Writes OUT/gpu_knowledge.json (rows) and prints a short table last.
 """
 
@@ -151,9 +152,10 @@ def main() -> None:
 
     # 3. plain greedy of every item (the reference), old texts for the pools
     def generator(pool: str, mode: str = "greedy", batch: int = 16, fraction: float = 1.0, graphs: bool = True,
-                  grouping=None, tree=None) -> KnowledgeGenerator:
+                  grouping=None, tree=None, online: bool = False) -> KnowledgeGenerator:
         width, depth, budget = tree or (args.width, args.depth, args.budget)
-        cfg = KnowledgeConfig(mode=mode, pool=pool, batch_size=batch, width=width, depth=depth, budget=budget, pool_fraction=fraction, online=False, max_output=MAX_OUT,
+        cfg = KnowledgeConfig(mode=mode, pool=pool, batch_size=batch, width=width, depth=depth, budget=budget,
+                              pool_fraction=fraction, online=online, max_output=MAX_OUT,
                               seed=args.seed, cuda_graphs=graphs and args.device == "cuda")
         return KnowledgeGenerator(model, tok, items, cfg, grouping, emb)
 
@@ -215,8 +217,8 @@ def main() -> None:
                           f"mism {differ} round {r['round_ms']:.3f} ms lookup {lookup:.3f} walk {walk:.3f}")
 
     # 5. every item's relaxed text, category pools of the old texts
-    rel = generator("category", "relaxed", 64, 1.0, graphs=False, grouping=groupings["category"])
-    rel.learn([ref[i] for i in old])
+    rel = generator("category", "relaxed", 64, 1.0, graphs=False, grouping=groupings["category"], online=True)
+    rel.warm(old)  # as `recspec knowledge generate --mode relaxed` does: the old descriptions, then online
     relaxed, _, _ = run_all(rel, rel.schedule(every))
     write_jsonl(os.path.join(args.out, "knowledge_relaxed.jsonl"), relaxed)
     rows.append({"task": "knowledge", "mode": "relaxed", "pool": "category", "batch": 64, "items": len(relaxed),

@@ -37,7 +37,7 @@ from recspec.config import ModelConfig  # noqa: E402
 from recspec.data.knowledge import encode_knowledge, load_knowledge_corpus, train_knowledge_tokenizer  # noqa: E402
 from recspec.evaluation.report import write_results  # noqa: E402
 from recspec.evaluation.text_gate import fit_ngram, knowledge_gate  # noqa: E402
-from recspec.evaluation.timing import sync  # noqa: E402
+from recspec.evaluation.timing import graph_ms, sync  # noqa: E402
 from recspec.knowledge import (Generated, KnowledgeConfig, KnowledgeGenerator, item_grouping,  # noqa: E402
                                open_knowledge, read_interactions)
 from recspec.retrieval.cost import host_draft_ms, table_lookup_ms  # noqa: E402
@@ -224,7 +224,7 @@ def main() -> None:
     rows.append({"task": "knowledge", "mode": "relaxed", "pool": "category", "batch": 64, "items": len(relaxed),
                  "gate": gate, "share_differing": sum(relaxed[i].tokens != ref[i].tokens for i in relaxed) / len(relaxed),
                  "tau": tau(relaxed)})
-    path = write_results(rows, os.path.join(args.out, "gpu_knowledge.json"), device,
+    path = write_results(rows, os.path.join(args.out, "gpu_knowledge.json"), args.device,
                          command="PYTHONPATH=src python " + " ".join(sys.argv))
     stamp(t0, f"wrote {path}")
     print(f"{'batch':>5} {'mode':8} {'pool':9} {'frac':>5} {'speedup':>7} {'tau':>5} {'mism':>5} {'lookup':>7}")
@@ -250,13 +250,27 @@ def lookup_contexts(gen: KnowledgeGenerator, texts: dict[int, Generated], batch:
             [[rows[s * batch + b][0] for b in range(batch)] for s in range(steps)])
 
 
+def graph_lookup_ms(table, groups: torch.Tensor, ctx: torch.Tensor) -> float:
+    """The lookup as the engine runs it on a GPU: captured in a CUDA graph, median of replays (ms)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            table.lookup(groups, ctx)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        table.lookup(groups, ctx)
+    return graph_ms(graph)
+
+
 def lookup_ms(gen: KnowledgeGenerator, texts: dict[int, Generated], batch: int) -> tuple[float, float]:
     """Retrieval per step at this batch on contexts of the texts: (the device table's lookup, the host walk of
     the pools' tries as the research code drafts) in ms, medians."""
     ctx, groups = lookup_contexts(gen, texts, batch)
     c = torch.tensor(ctx, device=gen.device)  # (S, B, c)
     g = torch.tensor(groups[0], dtype=torch.long, device=gen.device)
-    table = table_lookup_ms(gen.table, g, c)
+    table = table_lookup_ms(gen.table, g, c) if c.device.type != "cuda" else graph_lookup_ms(gen.table, g, c[0])
     host = host_draft_ms(gen.pools, groups[0], ctx[:8], gen.cfg.budget, gen.cfg.width, gen.cfg.depth)
     return table, host
 

@@ -41,6 +41,11 @@ def _mix(group, cols):
     h = group * _GROUP + len(cols)
     for t in cols:
         h = h * _P + (t + 1)
+    return _finalise(h)
+
+
+def _finalise(h):
+    """splitmix64's finaliser, the sign bit cleared."""
     h = (h ^ (h >> 31)) * _MIX1
     h = (h ^ (h >> 29)) * _MIX2
     return (h ^ (h >> 32)) & _POSITIVE
@@ -159,16 +164,20 @@ class RetrievalTable:
         token is padding: an order that reads it has no hit) -> tokens, parents (B, D, W) int64 and valid
         (B, D, W) bool of the longest context order with a hit; all invalid (tokens 0) where none hits."""
         B, cols = ctx.shape
-        H = self.keys.shape[0]
-        offsets = torch.arange(self.probes, device=ctx.device)  # (P,)
-        best = torch.full((B,), -1, dtype=torch.int64, device=ctx.device)  # (B,) slot of the longest hit
-        for n in range(1, min(self.context, cols) + 1):  # shortest first: a longer hit overwrites
-            tail = ctx[:, cols - n:]  # (B, n)
-            h = key_hash(groups, tail)  # (B,)
-            cand = ((h % H)[:, None] + offsets) % H  # (B, P)
-            hit = (self.keys[cand] == h[:, None]) & (tail >= 0).all(dim=1, keepdim=True)  # (B, P)
-            slot = torch.where(hit, cand, -1).amax(dim=1)  # (B,) -1: no hit
-            best = torch.where(slot >= 0, slot, best)
+        H, c = self.keys.shape[0], min(self.context, cols)
+        dev = ctx.device
+        n = torch.arange(1, c + 1, device=dev)  # (c,) the orders, all hashed at once (`key_hash`, vectorised)
+        tail = ctx[:, cols - c:]  # (B, c) the last c tokens; order n reads its last n
+        h = groups[:, None] * _GROUP + n  # (B, c)
+        for j in range(c):  # token j of the tail belongs to the orders n >= c - j
+            h = torch.where(n >= c - j, h * _P + (tail[:, j:j + 1] + 1), h)
+        h = _finalise(h)
+        real = (tail >= 0).flip(1).cumprod(dim=1).bool()  # (B, c): order n's n tokens are all real
+        cand = ((h % H)[..., None] + torch.arange(self.probes, device=dev)) % H  # (B, c, P)
+        hit = (self.keys[cand] == h[..., None]) & real[..., None]
+        slot = torch.where(hit, cand, -1).amax(dim=2)  # (B, c) -1: no hit
+        longest = torch.where(slot >= 0, n, 0).argmax(dim=1, keepdim=True)  # (B, 1) the longest order with a hit
+        best = slot.gather(1, longest)[:, 0]  # (B,) its slot, -1 where none
         found = (best >= 0)[:, None, None]  # (B, 1, 1)
         row = best.clamp(min=0)
         tokens = torch.where(found, self.tokens[row], 0)  # (B, D, W)

@@ -38,10 +38,9 @@ from recspec.data.knowledge import encode_knowledge, load_knowledge_corpus, trai
 from recspec.evaluation.report import write_results  # noqa: E402
 from recspec.evaluation.text_gate import fit_ngram, knowledge_gate  # noqa: E402
 from recspec.evaluation.timing import graph_ms, sync  # noqa: E402
-from recspec.knowledge import (Generated, KnowledgeConfig, KnowledgeGenerator, item_grouping,  # noqa: E402
-                               open_knowledge, read_interactions)
+from recspec.knowledge import (Generated, KnowledgeConfig, KnowledgeGenerator, collaborative_embeddings,  # noqa: E402
+                               item_grouping, open_knowledge)
 from recspec.retrieval.cost import host_draft_ms, table_lookup_ms  # noqa: E402
-from recspec.retrieval.embeddings import item_embeddings  # noqa: E402
 from recspec.training.knowledge_lm import train_knowledge_lm  # noqa: E402
 from recspec.training.text_lm import TextLMConfig, load_text_lm  # noqa: E402
 
@@ -135,7 +134,6 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     model, tok, trained = model_and_items(args, t0)
     items, meta, inter = open_knowledge(args.data, tok, max_output=MAX_OUT)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     rows: list[dict] = []
 
     # 2. the gate
@@ -161,8 +159,7 @@ def main() -> None:
                               seed=args.seed, cuda_graphs=graphs and args.device == "cuda")
         return KnowledgeGenerator(model, tok, items, cfg, grouping, emb)
 
-    seqs = [list(s) for s in (inter or {}).values()]
-    emb = item_embeddings(seqs, max(meta) + 1, seed=args.seed) if seqs else None
+    emb = collaborative_embeddings(meta, inter, args.seed)
     every = list(items.ids)[:args.all_items or None]
     old, new = [i for i in sorted(items.split.old) if i in set(every)], [i for i in sorted(items.split.new) if i in set(every)]
     ref_gen = generator("none", batch=64, graphs=False)
@@ -171,7 +168,7 @@ def main() -> None:
     stamp(t0, f"plain greedy of {len(ref)} items in {sum(ref_ms) / 1e3:.1f}s")
 
     # 4. the grid on the new items
-    groupings = {k: item_grouping(k, meta, inter, args.seed) for k in set(args.pools.split(",")) | {"category"}}
+    groupings = {k: item_grouping(k, meta, emb, args.seed) for k in set(args.pools.split(",")) | {"category"}}
     fractions = [float(x) for x in args.fractions.split(",")]
     sets = {1: new[:args.b1_items], 16: new[:args.new_items or None]}
     ar_runs = {}

@@ -798,7 +798,10 @@ def pad_ablation(data: str = DATA, target: str = TARGET,
 
 
 # --- knowledge ---------------------------------------------------------------------------------------
-def _pool_texts(path: str, read_done):
+def _pool_texts(path: str):
+    """The generated texts of `--pool-from` (read only: a torn last line is skipped, the file left alone)."""
+    from recspec.knowledge import read_done
+
     if not os.path.isfile(path):
         raise RecSpecError(f"--pool-from {path}: no such file")
     return read_done(path, repair=False)
@@ -857,8 +860,7 @@ def knowledge_generate(data: str = typer.Argument(..., help="folder with <name>.
     """Generate item descriptions from title | brand | categories into JSON lines, with progress and resume."""
     from tqdm import tqdm
 
-    from recspec.knowledge import (KnowledgeConfig, generate_file, make_generator, open_knowledge, read_done,
-                                   select_items)
+    from recspec.knowledge import KnowledgeConfig, generate_file, make_generator, open_knowledge, select_items
     from recspec.training.text_lm import load_text_lm
 
     cfg = _checked(KnowledgeConfig, mode=mode, pool=pool, accept_k=accept_k, accept_beta=accept_beta,
@@ -868,7 +870,7 @@ def knowledge_generate(data: str = typer.Argument(..., help="folder with <name>.
     known, meta, interactions = open_knowledge(data, tokenizer, max_output=max_output)
     ids = select_items(known, items)[:limit]
     gen = make_generator(lm.eval(), tokenizer, known, cfg, meta, interactions,
-                         generated=_pool_texts(pool_from, read_done) if pool_from else None)
+                         generated=_pool_texts(pool_from) if pool_from else None)
     bar = tqdm(total=len(ids), unit="item", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:

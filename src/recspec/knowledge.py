@@ -108,15 +108,19 @@ class Generated:
 
 
 # --- groups ------------------------------------------------------------------------------------------
-def item_grouping(pool: str, item_meta: Mapping[int, dict], interactions: Mapping[str, Sequence[int]] | None,
-                  seed: int = 0) -> Grouping | None:
-    """The grouping a pool kind names (None for "none"). item_meta: {item id: item.json fields};
-    interactions: {user: item ids in order}, for the collaborative embeddings ("kmeans" needs them)."""
+def collaborative_embeddings(item_meta: Mapping[int, dict], interactions: Mapping[str, Sequence[int]] | None,
+                             seed: int = 0) -> np.ndarray | None:
+    """(I, d) item embeddings from the interactions {user: item ids in order} (None without any): what the
+    k-means groups cluster and what routes an item outside a grouping to its nearest group."""
+    seqs = [list(s) for s in (interactions or {}).values()]
+    return item_embeddings(seqs, max(item_meta) + 1, seed=seed) if seqs else None
+
+
+def item_grouping(pool: str, item_meta: Mapping[int, dict], emb: np.ndarray | None, seed: int = 0) -> Grouping | None:
+    """The grouping a pool kind names (None for "none"). item_meta: {item id: item.json fields}; emb: the
+    `collaborative_embeddings` ("kmeans" needs them; None: groups without centroids)."""
     if pool == "none":
         return None
-    num_items = max(item_meta) + 1
-    seqs = [list(s) for s in (interactions or {}).values()]
-    emb = item_embeddings(seqs, num_items, seed=seed) if seqs else None
     items = np.array(sorted(item_meta), dtype=np.int64)
     if pool == "global":
         return global_group(items, emb)
@@ -249,11 +253,8 @@ def make_generator(model: Decoder, tokenizer, items: KnowledgeItems, cfg: Knowle
                    generated: Mapping[int, Generated] | None = None) -> KnowledgeGenerator:
     """A generator whose pools (cfg.pool) are warmed with `generated` texts (e.g. `read_done` of the old items'
     file) where given, else with the real texts of `warm` (default: the old items)."""
-    grouping = item_grouping(cfg.pool, item_meta, interactions, cfg.seed)
-    emb = None
-    if grouping is not None and interactions:
-        emb = item_embeddings([list(s) for s in interactions.values()], max(item_meta) + 1, seed=cfg.seed)
-    gen = KnowledgeGenerator(model, tokenizer, items, cfg, grouping, emb)
+    emb = collaborative_embeddings(item_meta, interactions, cfg.seed) if cfg.pool != "none" else None
+    gen = KnowledgeGenerator(model, tokenizer, items, cfg, item_grouping(cfg.pool, item_meta, emb, cfg.seed), emb)
     if generated is not None:
         gen.learn([generated[i] for i in sorted(generated)])
     else:
@@ -409,5 +410,5 @@ def select_items(items: KnowledgeItems, which: str) -> tuple[int, ...]:
     raise ValueError(f"items must be all, old or new, got {which!r}")
 
 
-__all__ = ["POOLS", "MODES", "KnowledgeConfig", "Generated", "KnowledgeGenerator", "item_grouping",
+__all__ = ["POOLS", "MODES", "KnowledgeConfig", "Generated", "KnowledgeGenerator", "collaborative_embeddings", "item_grouping",
            "make_generator", "train_text_model", "open_knowledge", "read_interactions", "generate_file", "read_done", "select_items", "until_eos"]

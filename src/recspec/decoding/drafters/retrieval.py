@@ -25,6 +25,7 @@ from recspec.data.vocab import Prompts
 from recspec.decoding.drafters.base import DrafterInputs, register
 from recspec.decoding.handoff import Frontier, Sampling, Scores, Verdict
 from recspec.decoding.tree import DraftTree, Layout
+from recspec.decoding.tree_verify import parent_rows, row_states
 
 
 def fit_levels(x: torch.Tensor, depth: int, N: int, fill) -> torch.Tensor:
@@ -87,23 +88,6 @@ class RetrievalDrafter:
     def state_tensors(self) -> tuple[torch.Tensor, ...]:
         return ()
 
-    def _context(self, f: Frontier) -> torch.Tensor:
-        """(B, c) the last c tokens before the next one of each user's first beam: prompt, then output."""
-        c, T = self.table.context, self.prompts.tokens.shape[1]
-        seq = torch.cat([self.prompts.tokens, f.codes[:, 0]], dim=1)  # (B, T + n)
-        idx = (T + f.level - c)[:, None] + torch.arange(c, device=seq.device)  # (B, c)
-        return seq.gather(1, idx.clamp(min=0))
-
-    def _parent_states(self, root: torch.Tensor, tok: torch.Tensor, par: torch.Tensor) -> torch.Tensor:
-        """root (B, 1) state, tok / par (B, d, N) -> (B, d, N) the constraint state before each node (its
-        parent's state after the parent's token); the bans play no part here (`constraint.step`)."""
-        state, out = root, []
-        for j in range(tok.shape[1]):
-            ps = state.gather(1, par[:, j].clamp(max=state.shape[1] - 1))  # (B, N)
-            out.append(ps)
-            state = self.constraint.step(ps, tok[:, j])
-        return torch.stack(out, dim=1) if out else tok.new_zeros(tok.shape)
-
     @torch.no_grad()
     def propose(self, frontier: Frontier, depth: int, widths: tuple[int, ...] | None = None,
                 sampling: Sampling | None = None) -> DraftTree:
@@ -111,20 +95,25 @@ class RetrievalDrafter:
         level j), invalid wherever the constraint refuses a token or the parent is invalid."""
         if sampling is not None:
             raise ValueError("the retrieval drafter drafts top-N trees: use strict or topk-beta verification")
-        tok, par, val = self.table.lookup(self._groups, self._context(frontier))  # (B, D, W) each
+        seq = torch.cat([self.prompts.tokens, frontier.codes[:, 0]], dim=1)  # (B, T + n) prompt, then output so far
+        end = self.prompts.tokens.shape[1] + frontier.level  # (B,) each row's length in seq
+        c = self.table.context
+        ctx = seq.gather(1, (end[:, None] - c + torch.arange(c, device=seq.device)).clamp(min=0))  # (B, c) last c
+        tok, par, val = self.table.lookup(self._groups, ctx)  # (B, D, W) each
         own = self.N > self.table.width  # column 0: the row's own match, the table's nodes after it
         W = self.N - 1 if own else self.N
         tok, par, val = fit_levels(tok, depth, W, 0), fit_levels(par, depth, W, 0), fit_levels(val, depth, W, False)
         if own:
-            seq = torch.cat([self.prompts.tokens, frontier.codes[:, 0]], dim=1)  # (B, T + n)
-            chain, ok = own_match(seq, self.prompts.tokens.shape[1] + frontier.level, self.table.context, depth)
+            chain, ok = own_match(seq, end, c, depth)
             first = (torch.arange(depth, device=tok.device) > 0).long()[None, :, None]  # (1, depth, 1)
             tok = torch.cat([chain[..., None], tok], dim=2)  # (B, depth, N)
             par = torch.cat([torch.zeros_like(chain)[..., None], par + first], dim=2)  # table parents shift right
             val = torch.cat([ok[..., None], val], dim=2)
-        ps = self._parent_states(frontier.states[:, :1], tok, par)  # (B, depth, N)
-        B = ps.shape[0]
-        allowed = self.constraint.allowed(ps.reshape(B, -1), frontier.banned)  # (B, depth * N, V): ONE call
+        B = tok.shape[0]
+        shape = DraftTree(tokens=tok, parents=par.clamp(max=self.N - 1), valid=val)  # cut parents: checked below
+        prow = parent_rows(shape)  # (B, depth, N) each node's parent row
+        ps = row_states(self.constraint, frontier.states[:, 0], shape, prow).gather(1, prow.reshape(B, -1))
+        allowed = self.constraint.allowed(ps, frontier.banned)  # (B, depth * N, V): ONE call
         allowed = allowed.gather(2, tok.reshape(B, -1, 1)).reshape(B, depth, self.N)  # bans: a per-user mask
         ok_above, levels = torch.ones_like(val[:, 0, :1]), []  # (B, 1): the root
         for j in range(depth):
